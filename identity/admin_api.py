@@ -1,0 +1,193 @@
+"""The admin JSON API (users and clients), for scripts and the coming admin console.
+
+Authentication: `Authorization: Bearer <admin token>`; tokens are created with
+`congvu admin-token create` and stored as SHA-256 hashes. The OpenAPI document is
+served at /admin/api/openapi.json.
+"""
+
+from __future__ import annotations
+
+import json
+from functools import wraps
+from pathlib import Path
+from typing import Any, Callable
+
+from flask import Blueprint, Response, jsonify, request
+from sqlalchemy import select
+
+from identity.accounts import (
+    AccountError,
+    create_user,
+    describe_user,
+    find_user,
+    get_groups,
+    set_disabled,
+)
+from identity.clients import ClientRegistrationError, describe_client, register_client, rotate_secret
+from identity.credentials import token_hash
+from identity.models import AdminToken, Client, User
+from identity.services import db, services
+
+bp = Blueprint("admin_api", __name__, url_prefix="/admin/api")
+OPENAPI = Path(__file__).parent / "openapi.json"
+
+
+def _problem(status: int, error: str, description: str) -> Response:
+    response = jsonify(error=error, error_description=description)
+    response.status_code = status
+    if status == 401:
+        response.headers["WWW-Authenticate"] = 'Bearer realm="congvu-admin"'
+    return response
+
+
+def admin_required(view: Callable[..., Any]) -> Callable[..., Any]:
+    @wraps(view)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        header = request.headers.get("Authorization", "")
+        scheme, _, value = header.partition(" ")
+        if scheme.lower() != "bearer" or not value.strip():
+            return _problem(401, "invalid_token", "An admin bearer token is required.")
+        row = db().scalar(select(AdminToken).where(AdminToken.token_hash == token_hash(value.strip()),
+                                                   AdminToken.revoked_at.is_(None)))
+        if row is None:
+            return _problem(401, "invalid_token", "The admin token is not valid.")
+        return view(*args, **kwargs)
+
+    return wrapper
+
+
+def _body() -> dict[str, Any]:
+    data = request.get_json(silent=True)
+    if not isinstance(data, dict):
+        raise AccountError("body", "must be a JSON object")
+    return data
+
+
+def _strings(data: dict[str, Any], key: str) -> list[str]:
+    value = data.get(key, [])
+    if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+        raise ClientRegistrationError(key, "must be a list of strings")
+    return value
+
+
+@bp.errorhandler(AccountError)
+@bp.errorhandler(ClientRegistrationError)
+def _invalid(error: AccountError | ClientRegistrationError) -> Response:
+    return _problem(400, "invalid_request", str(error))
+
+
+@bp.get("/openapi.json")
+def openapi() -> Response:
+    document = json.loads(OPENAPI.read_text(encoding="utf-8"))
+    document["servers"] = [{"url": services().config.issuer + "/admin/api"}]
+    return jsonify(document)
+
+
+@bp.get("/v1/users")
+@admin_required
+def list_users() -> Response:
+    users = db().scalars(select(User).order_by(User.username)).all()
+    return jsonify(users=[describe_user(u) for u in users])
+
+
+@bp.post("/v1/users")
+@admin_required
+def add_user() -> tuple[Response, int]:
+    data = _body()
+    password = data.get("password")
+    if password is not None and not isinstance(password, str):
+        raise AccountError("password", "must be a string")
+    user = create_user(
+        db(), services().passwords, username=str(data.get("username", "")), password=password,
+        name=str(data.get("name", "")), given_name=str(data.get("given_name", "")),
+        family_name=str(data.get("family_name", "")), email=data.get("email"),
+        phone_number=data.get("phone_number"), groups=_strings(data, "groups"),
+        is_admin=bool(data.get("is_admin", False)),
+    )
+    return jsonify(describe_user(user)), 201
+
+
+def _user_or_404(username: str) -> User | Response:
+    user = find_user(db(), username)
+    return user if user is not None else _problem(404, "not_found", "No such user.")
+
+
+@bp.get("/v1/users/<username>")
+@admin_required
+def show_user(username: str) -> Response:
+    user = _user_or_404(username)
+    return user if isinstance(user, Response) else jsonify(describe_user(user))
+
+
+@bp.patch("/v1/users/<username>")
+@admin_required
+def change_user(username: str) -> Response:
+    user = _user_or_404(username)
+    if isinstance(user, Response):
+        return user
+    data = _body()
+    for key in ("name", "given_name", "family_name", "email", "phone_number"):
+        if key in data:
+            setattr(user, key, data[key])
+    if "groups" in data:
+        user.groups = get_groups(db(), _strings(data, "groups"))
+    if "disabled" in data:
+        set_disabled(db(), user, bool(data["disabled"]))
+    return jsonify(describe_user(user))
+
+
+@bp.get("/v1/clients")
+@admin_required
+def list_clients() -> Response:
+    clients = db().scalars(select(Client).order_by(Client.name)).all()
+    return jsonify(clients=[describe_client(c) for c in clients])
+
+
+@bp.post("/v1/clients")
+@admin_required
+def add_client() -> tuple[Response, int]:
+    data = _body()
+    registered = register_client(
+        db(), services().secret_hasher, name=str(data.get("client_name", "")),
+        redirect_uris=_strings(data, "redirect_uris"),
+        post_logout_redirect_uris=_strings(data, "post_logout_redirect_uris"),
+        grant_types=_strings(data, "grant_types"), public=bool(data.get("public", False)),
+        auth_method=data.get("token_endpoint_auth_method"), scope=data.get("scope"),
+        jwks=data.get("jwks"), first_party=bool(data.get("first_party", True)),
+    )
+    body = describe_client(registered.client)
+    if registered.client_secret:
+        body["client_secret"] = registered.client_secret
+    return jsonify(body), 201
+
+
+def _client_or_404(client_id: str) -> Client | Response:
+    client = db().get(Client, client_id)
+    return client if client is not None else _problem(404, "not_found", "No such client.")
+
+
+@bp.get("/v1/clients/<client_id>")
+@admin_required
+def show_client(client_id: str) -> Response:
+    client = _client_or_404(client_id)
+    return client if isinstance(client, Response) else jsonify(describe_client(client))
+
+
+@bp.delete("/v1/clients/<client_id>")
+@admin_required
+def remove_client(client_id: str) -> Response:
+    client = _client_or_404(client_id)
+    if isinstance(client, Response):
+        return client
+    db().delete(client)
+    return Response(status=204)
+
+
+@bp.post("/v1/clients/<client_id>/rotate-secret")
+@admin_required
+def rotate_client_secret(client_id: str) -> Response:
+    client = _client_or_404(client_id)
+    if isinstance(client, Response):
+        return client
+    secret = rotate_secret(db(), services().secret_hasher, client)
+    return jsonify(client_id=client.client_id, client_secret=secret)

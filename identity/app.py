@@ -1,0 +1,175 @@
+"""The Flask application factory."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+from urllib.parse import urlencode
+
+from flask import Flask, Response, jsonify, request
+from flask_babel import get_locale
+from flask_babel import gettext as _
+from flask_wtf.csrf import CSRFError, CSRFProtect
+from werkzeug.exceptions import HTTPException
+from werkzeug.middleware.proxy_fix import ProxyFix
+
+from identity.config import Config, load_config
+from identity.credentials import Passwords, SecretHasher
+from identity.db import Database
+from identity.i18n import init_i18n
+from identity.keystore import DatabaseKeyStore
+from identity.oidc.tokens import TokenService, TokenSettings
+from identity.services import Services, commit_request_session, discard_request_session
+from keys.ring import KeyRing
+
+log = logging.getLogger("congvu")
+
+SECURITY_HEADERS = {
+    # frame-ancestors 'none' on every answer: no page of ours can be framed (clickjacking).
+    # No form-action: Chromium applies it to the redirect chain after a form post,
+    # which would block the final redirect to the relying party.
+    "Content-Security-Policy": "default-src 'self'; frame-ancestors 'none'; base-uri 'none'; "
+                               "object-src 'none'; img-src 'self' data:",
+    "X-Content-Type-Options": "nosniff",
+    "Referrer-Policy": "no-referrer",
+    "X-Frame-Options": "DENY",
+}
+
+
+
+def N_(message: str) -> str:
+    """Marks a message for extraction; it is translated where it is shown."""
+    return message
+
+
+SCOPE_LABELS = {
+    "openid": N_("Your identity (a stable identifier)"),
+    "profile": N_("Your name and username"),
+    "email": N_("Your official e-mail address"),
+    "phone": N_("Your phone number"),
+    "offline_access": N_("Access while you are signed out"),
+    "groups": N_("Your units and groups"),
+}
+
+
+def build_services(config: Config) -> Services:
+    database = Database(config.database_url)
+    keyring = KeyRing(DatabaseKeyStore(database), config.master_key,
+                      cache_seconds=config["keys.cache_seconds"])
+    tokens = TokenService(keyring, TokenSettings(
+        issuer=config.issuer, access_token_ttl=config["tokens.access_token_ttl"],
+        id_token_ttl=config["tokens.id_token_ttl"],
+        refresh_token_ttl=config["tokens.refresh_token_ttl"]))
+    return Services(config=config, database=database, keyring=keyring, tokens=tokens,
+                    secret_hasher=SecretHasher(config.master_key.derive("client-secret-pepper")),
+                    passwords=Passwords(config.password_hash_policy))
+
+
+def prepare_instance(services: Services) -> None:
+    """Migrate the schema and make the first keys. Run once, before workers start
+    (`congvu db upgrade`, `congvu serve`, `congvu demo`), never by each worker."""
+    services.database.upgrade()
+    services.keyring.ensure_initialised(services.config["signing_alg"])
+
+
+def create_app(config: Config | None = None, *, prepare: bool = False, **overrides: Any) -> Flask:
+    config = config or load_config(overrides=overrides or None)
+    for warning in config.warnings:
+        log.warning("insecure setting: %s", warning)
+    services = build_services(config)
+    if prepare:
+        prepare_instance(services)
+
+    app = Flask("identity", instance_path=str(config.data_dir))
+    app.extensions["congvu"] = services
+    secure = config["secure_cookies"]
+    app.config.update(
+        SECRET_KEY=config.master_key.derive("flask-session"),
+        SESSION_COOKIE_NAME="__Host-congvu_flow" if secure else "congvu_flow",
+        SESSION_COOKIE_SECURE=secure,
+        SESSION_COOKIE_HTTPONLY=True,
+        SESSION_COOKIE_SAMESITE="Lax",
+        SESSION_COOKIE_PATH="/",
+        WTF_CSRF_TIME_LIMIT=None,  # bound to the session instead; a slow reader is no threat
+        WTF_CSRF_SSL_STRICT=False,  # SameSite=Lax cookies and tokens already bind the origin
+        MAX_CONTENT_LENGTH=1024 * 1024,
+        JSON_AS_ASCII=False,
+    )
+    if config["trusted_proxy_count"]:
+        app.wsgi_app = ProxyFix(app.wsgi_app, x_for=config["trusted_proxy_count"],
+                                x_proto=config["trusted_proxy_count"])  # type: ignore[method-assign]
+
+    init_i18n(app, config.data_dir)
+    csrf = CSRFProtect(app)
+
+    from identity.admin_api import bp as admin_bp
+    from identity.login import bp as login_bp
+    from identity.oidc.server import build_authorization_server
+    from identity.oidc import views as oidc_views
+
+    oauth_server, _protector = build_authorization_server(app)
+    app.extensions["congvu.oauth"] = oauth_server
+    app.register_blueprint(oidc_views.bp)
+    app.register_blueprint(login_bp)
+    app.register_blueprint(admin_bp)
+    csrf.exempt(admin_bp)
+    # Machine endpoints: called by relying parties with their own credentials, not by a
+    # browser form of ours, so they carry no CSRF token.
+    for view in (oidc_views.token, oidc_views.userinfo, oidc_views.introspect, oidc_views.revoke):
+        csrf.exempt(view)
+
+    @app.context_processor
+    def _template_helpers() -> dict[str, Any]:
+        def lang_url(code: str) -> str:
+            args = request.args.to_dict()
+            args["lang"] = code
+            return request.path + "?" + urlencode(args)
+
+        return {"current_locale": str(get_locale() or "vi"), "lang_url": lang_url,
+                "scope_label": lambda scope: _(SCOPE_LABELS.get(scope, scope))}
+
+    @app.after_request
+    def _finish(response: Response) -> Response:
+        commit_request_session()
+        for header, value in SECURITY_HEADERS.items():
+            response.headers.setdefault(header, value)
+        if response.mimetype == "text/html":
+            response.headers.setdefault("Cache-Control", "no-store")
+        return response
+
+    @app.teardown_request
+    def _rollback(_error: BaseException | None) -> None:
+        discard_request_session()  # only acts if after_request did not run (an error)
+
+    @app.errorhandler(CSRFError)
+    def _csrf_error(_error: CSRFError) -> Response:
+        from identity.oidc.views import error_page
+
+        return error_page(_("This form has expired"),
+                          _("Please go back, reload the page and try again."), 400)
+
+    @app.errorhandler(HTTPException)
+    def _http_error(error: HTTPException) -> Response:
+        if request.path.startswith("/admin/api/"):
+            return jsonify(error="not_found" if error.code == 404 else "invalid_request",
+                           error_description=error.description), error.code or 500
+        from identity.oidc.views import error_page
+
+        titles = {404: _("Page not found"), 413: _("Request too large")}
+        return error_page(titles.get(error.code or 500, _("Request not served")),
+                          _("The address may be mistyped, or the page no longer exists.")
+                          if error.code == 404 else _("The request could not be served."),
+                          error.code or 500)
+
+    @app.errorhandler(Exception)
+    def _unexpected(error: Exception) -> Response:
+        # Logged for operators with its traceback; the person sees a plain page.
+        log.exception("unhandled error on %s %s", request.method, request.path)
+        from identity.oidc.views import error_page
+
+        if request.path.startswith(("/token", "/introspect", "/revoke", "/userinfo", "/admin/api/")):
+            return jsonify(error="server_error"), 500
+        return error_page(_("Something went wrong"),
+                          _("The service could not complete this request. Please try again."), 500)
+
+    return app

@@ -1,0 +1,458 @@
+"""`congvu`: the command line for operators and scripts.
+
+Every command takes the instance folder from `--data DIR` or `CONGVU_DATA_DIR`
+(default ./instance); every command that prints data accepts `--json`. Passwords are
+read from standard input (`--password-stdin`), never from an argument, so they stay
+out of shell history and `ps`.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import time
+from typing import Any
+
+import click
+from sqlalchemy import select
+
+from identity.config import ConfigError, load_config, settings_reference_markdown
+
+
+class Context:
+    def __init__(self, data_dir: str | None) -> None:
+        self.data_dir = data_dir
+        self._services = None
+
+    @property
+    def services(self):  # type: ignore[no-untyped-def]
+        if self._services is None:
+            from identity.app import build_services
+
+            try:
+                config = load_config(self.data_dir)
+            except ConfigError as error:
+                raise click.ClickException(f"invalid setting {error}") from None
+            for warning in config.warnings:
+                click.secho(f"warning: {warning}", fg="yellow", err=True)
+            self._services = build_services(config)
+        return self._services
+
+
+pass_context = click.make_pass_decorator(Context)
+
+
+def emit(data: Any, as_json: bool, human: str | None = None) -> None:
+    if as_json:
+        click.echo(json.dumps(data, ensure_ascii=False, indent=2))
+    elif human is not None:
+        click.echo(human)
+    elif isinstance(data, list):
+        for row in data:
+            click.echo("  ".join(f"{k}={v}" for k, v in row.items()))
+    else:
+        for key, value in data.items():
+            click.echo(f"{key}: {value}")
+
+
+json_option = click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+
+
+def read_password_stdin() -> str:
+    password = sys.stdin.readline().rstrip("\r\n")
+    if not password:
+        raise click.ClickException("no password on standard input")
+    return password
+
+
+@click.group()
+@click.option("--data", "data_dir", envvar="CONGVU_DATA_DIR", default=None,
+              help="Instance folder: database, keys, congvu.toml (env CONGVU_DATA_DIR).")
+@click.pass_context
+def main(ctx: click.Context, data_dir: str | None) -> None:
+    """congvu: the province's sign-in and official-mail platform."""
+    ctx.obj = Context(data_dir)
+
+
+# -- running ----------------------------------------------------------------------------
+def _run_gunicorn(app_factory, bind: str, workers: int, threads: int = 4) -> None:  # type: ignore[no-untyped-def]
+    from gunicorn.app.base import BaseApplication
+
+    class Server(BaseApplication):  # type: ignore[misc]
+        def load_config(self) -> None:
+            self.cfg.set("bind", bind)
+            self.cfg.set("workers", workers)
+            self.cfg.set("threads", threads)
+            self.cfg.set("accesslog", "-")
+            # Never log query strings of the authorization endpoint's answers: the
+            # access log format below has the path only, not codes or tokens.
+            self.cfg.set("access_log_format", '%(h)s "%(m)s %(U)s" %(s)s %(b)s %(M)sms')
+
+        def load(self):  # type: ignore[no-untyped-def]
+            return app_factory()
+
+    Server().run()
+
+
+@main.command()
+@click.option("--bind", default="127.0.0.1:5000", show_default=True)
+@click.option("--workers", default=2, show_default=True, type=click.IntRange(1, 64))
+@pass_context
+def serve(obj: Context, bind: str, workers: int) -> None:
+    """Run the identity server under gunicorn (migrates and makes keys first)."""
+    from identity.app import create_app, prepare_instance
+
+    prepare_instance(obj.services)
+    config = obj.services.config
+    _run_gunicorn(lambda: create_app(config), bind, workers)
+
+
+DEMO_PASSWORD = "Thu-nghiem-2026!"  # noqa: S105 - a published demo password, loopback only
+DEMO_RP_PORT = 5001
+
+
+@main.command()
+@click.option("--port", default=5000, show_default=True, type=click.IntRange(1, 65535))
+@pass_context
+def demo(obj: Context, port: int) -> None:
+    """The whole platform on embedded defaults, on 127.0.0.1, with demo accounts."""
+    os.environ.setdefault("CONGVU_ISSUER", f"http://127.0.0.1:{port}")
+    if obj.data_dir is None:
+        obj.data_dir = os.path.abspath("instance/demo")
+    from identity.accounts import create_user, find_user
+    from identity.app import create_app, prepare_instance
+    from identity.clients import register_client, rotate_secret
+    from identity.models import Client
+
+    services = obj.services
+    prepare_instance(services)
+    rp_base = f"http://127.0.0.1:{DEMO_RP_PORT}"
+    with services.database.session() as session:
+        for username, name, groups, admin in (
+            ("canbo.demo", "Nguyễn Thị Hương", ["so-noi-vu", "can-bo"], False),
+            ("quantri.demo", "Trần Văn Quản", ["quan-tri"], True),
+        ):
+            if find_user(session, username) is None:
+                create_user(session, services.passwords, username=username, password=DEMO_PASSWORD,
+                            name=name, given_name=name.split()[-1], family_name=name.split()[0],
+                            email=f"{username.replace('.', '-')}@phutho.gov.vn", groups=groups,
+                            is_admin=admin)
+        client = session.get(Client, "demo-rp")
+        if client is None:
+            secret = register_client(
+                session, services.secret_hasher, name="Ứng dụng mẫu (demo)", client_id="demo-rp",
+                redirect_uris=[f"{rp_base}/callback"],
+                post_logout_redirect_uris=[f"{rp_base}/"],
+                grant_types=["authorization_code", "refresh_token"]).client_secret
+        else:
+            secret = rotate_secret(session, services.secret_hasher, client)
+    issuer = services.config.issuer
+    click.echo(f"""
+congvu demo — the identity provider on embedded defaults (SQLite, generated keys)
+  data folder      {services.config.data_dir}
+  issuer           {issuer}
+  discovery        {issuer}/.well-known/openid-configuration
+  sign-in page     {issuer}/login
+  official         canbo.demo / {DEMO_PASSWORD}
+  administrator    quantri.demo / {DEMO_PASSWORD}
+  demo app         client_id demo-rp, client_secret {secret}
+                   redirect_uri {rp_base}/callback
+
+Run the example application in a second terminal, then open {rp_base}/ :
+  CONGVU_ISSUER={issuer} DEMO_CLIENT_SECRET={secret} .venv/bin/python examples/demo_rp/app.py
+""")
+    config = services.config
+    _run_gunicorn(lambda: create_app(config), f"127.0.0.1:{port}", workers=2)
+
+
+# -- database and configuration ---------------------------------------------------------
+@main.group()
+def db() -> None:
+    """Database schema."""
+
+
+@db.command("upgrade")
+@pass_context
+def db_upgrade(obj: Context) -> None:
+    """Apply migrations and create the first signing keys."""
+    from identity.app import prepare_instance
+
+    prepare_instance(obj.services)
+    click.echo("database is up to date")
+
+
+@main.group()
+def config() -> None:
+    """Configuration."""
+
+
+@config.command("check")
+@pass_context
+def config_check(obj: Context) -> None:
+    """Validate the settings and print the insecure ones."""
+    click.echo(f"configuration is valid (issuer {obj.services.config.issuer})")
+
+
+@config.command("docs")
+def config_docs() -> None:
+    """Print the configuration reference (docs/configuration.md)."""
+    click.echo(settings_reference_markdown())
+
+
+# -- users --------------------------------------------------------------------------------
+@main.group()
+def user() -> None:
+    """Local accounts."""
+
+
+@user.command("add")
+@click.argument("username")
+@click.option("--name", default="")
+@click.option("--email", default=None)
+@click.option("--phone", default=None)
+@click.option("--group", "groups", multiple=True)
+@click.option("--admin", is_flag=True)
+@click.option("--password-stdin", is_flag=True, help="Read the password from standard input.")
+@json_option
+@pass_context
+def user_add(obj: Context, username: str, name: str, email: str | None, phone: str | None,
+             groups: tuple[str, ...], admin: bool, password_stdin: bool, as_json: bool) -> None:
+    from identity.accounts import AccountError, create_user, describe_user
+
+    password = read_password_stdin() if password_stdin else None
+    try:
+        with obj.services.database.session() as session:
+            created = create_user(session, obj.services.passwords, username=username,
+                                  password=password, name=name, email=email, phone_number=phone,
+                                  groups=list(groups), is_admin=admin)
+            emit(describe_user(created), as_json)
+    except AccountError as error:
+        raise click.ClickException(str(error)) from None
+
+
+@user.command("list")
+@json_option
+@pass_context
+def user_list(obj: Context, as_json: bool) -> None:
+    from identity.accounts import describe_user
+    from identity.models import User
+
+    with obj.services.database.session() as session:
+        users = [describe_user(u) for u in session.scalars(select(User).order_by(User.username))]
+    emit(users, as_json, "\n".join(
+        f"{u['username']:<24} {u['name']:<32} {'disabled' if u['disabled'] else 'active'}"
+        for u in users) or "(no users)")
+
+
+def _with_user(obj: Context, username: str, action) -> dict:  # type: ignore[no-untyped-def]
+    from identity.accounts import describe_user, find_user
+
+    with obj.services.database.session() as session:
+        found = find_user(session, username)
+        if found is None:
+            raise click.ClickException(f"no user {username!r}")
+        action(session, found)
+        return describe_user(found)
+
+
+@user.command("show")
+@click.argument("username")
+@json_option
+@pass_context
+def user_show(obj: Context, username: str, as_json: bool) -> None:
+    emit(_with_user(obj, username, lambda s, u: None), as_json)
+
+
+@user.command("disable")
+@click.argument("username")
+@json_option
+@pass_context
+def user_disable(obj: Context, username: str, as_json: bool) -> None:
+    """Disable an account: it can no longer sign in; its sessions and tokens end now."""
+    from identity.accounts import set_disabled
+
+    emit(_with_user(obj, username, lambda s, u: set_disabled(s, u, True)), as_json)
+
+
+@user.command("enable")
+@click.argument("username")
+@json_option
+@pass_context
+def user_enable(obj: Context, username: str, as_json: bool) -> None:
+    from identity.accounts import set_disabled
+
+    emit(_with_user(obj, username, lambda s, u: set_disabled(s, u, False)), as_json)
+
+
+@user.command("set-password")
+@click.argument("username")
+@click.option("--password-stdin", is_flag=True, required=True,
+              help="Read the password from standard input (required).")
+@pass_context
+def user_set_password(obj: Context, username: str, password_stdin: bool) -> None:
+    from identity.accounts import set_password
+
+    password = read_password_stdin()
+    _with_user(obj, username, lambda s, u: set_password(u, obj.services.passwords, password))
+    click.echo(f"password of {username} changed")
+
+
+# -- clients ------------------------------------------------------------------------------
+@main.group()
+def client() -> None:
+    """Relying parties (applications)."""
+
+
+@client.command("add")
+@click.option("--name", required=True)
+@click.option("--redirect-uri", "redirect_uris", multiple=True)
+@click.option("--post-logout-redirect-uri", "post_logout", multiple=True)
+@click.option("--grant-type", "grant_types", multiple=True,
+              type=click.Choice(["authorization_code", "refresh_token", "client_credentials"]))
+@click.option("--public", is_flag=True, help="A public client (native or browser app, PKCE).")
+@click.option("--auth-method", type=click.Choice(
+    ["client_secret_basic", "client_secret_post", "private_key_jwt"]), default=None)
+@click.option("--jwks-file", type=click.Path(exists=True, dir_okay=False), default=None,
+              help="The client's public keys, for private_key_jwt.")
+@click.option("--scope", default=None)
+@click.option("--third-party", is_flag=True, help="Show the consent screen to users.")
+@json_option
+@pass_context
+def client_add(obj: Context, name: str, redirect_uris: tuple[str, ...], post_logout: tuple[str, ...],
+               grant_types: tuple[str, ...], public: bool, auth_method: str | None,
+               jwks_file: str | None, scope: str | None, third_party: bool, as_json: bool) -> None:
+    """Register a client; prints client_id and, this once, client_secret."""
+    from identity.clients import ClientRegistrationError, describe_client, register_client
+
+    jwks = json.loads(open(jwks_file, encoding="utf-8").read()) if jwks_file else None
+    try:
+        with obj.services.database.session() as session:
+            registered = register_client(
+                session, obj.services.secret_hasher, name=name, redirect_uris=list(redirect_uris),
+                post_logout_redirect_uris=list(post_logout), grant_types=list(grant_types),
+                public=public, auth_method=auth_method, scope=scope, jwks=jwks,
+                first_party=not third_party)
+            data = describe_client(registered.client)
+    except ClientRegistrationError as error:
+        raise click.ClickException(str(error)) from None
+    if registered.client_secret:
+        data["client_secret"] = registered.client_secret
+    emit(data, as_json)
+
+
+@client.command("list")
+@json_option
+@pass_context
+def client_list(obj: Context, as_json: bool) -> None:
+    from identity.clients import describe_client
+    from identity.models import Client
+
+    with obj.services.database.session() as session:
+        rows = [describe_client(c) for c in session.scalars(select(Client).order_by(Client.name))]
+    emit(rows, as_json, "\n".join(f"{c['client_id']:<26} {c['client_name']}" for c in rows)
+         or "(no clients)")
+
+
+def _with_client(obj: Context, client_id: str, action):  # type: ignore[no-untyped-def]
+    from identity.models import Client
+
+    with obj.services.database.session() as session:
+        found = session.get(Client, client_id)
+        if found is None:
+            raise click.ClickException(f"no client {client_id!r}")
+        return action(session, found)
+
+
+@client.command("show")
+@click.argument("client_id")
+@json_option
+@pass_context
+def client_show(obj: Context, client_id: str, as_json: bool) -> None:
+    from identity.clients import describe_client
+
+    emit(_with_client(obj, client_id, lambda s, c: describe_client(c)), as_json)
+
+
+@client.command("rotate-secret")
+@click.argument("client_id")
+@json_option
+@pass_context
+def client_rotate_secret(obj: Context, client_id: str, as_json: bool) -> None:
+    """Replace the client's secret; the old one stops working at once."""
+    from identity.clients import ClientRegistrationError, rotate_secret
+
+    try:
+        secret = _with_client(obj, client_id,
+                              lambda s, c: rotate_secret(s, obj.services.secret_hasher, c))
+    except ClientRegistrationError as error:
+        raise click.ClickException(str(error)) from None
+    emit({"client_id": client_id, "client_secret": secret}, as_json)
+
+
+@client.command("remove")
+@click.argument("client_id")
+@pass_context
+def client_remove(obj: Context, client_id: str) -> None:
+    _with_client(obj, client_id, lambda s, c: s.delete(c))
+    click.echo(f"client {client_id} removed")
+
+
+# -- keys ---------------------------------------------------------------------------------
+@main.group()
+def keys() -> None:
+    """Token-signing keys."""
+
+
+def _key_rows(obj: Context) -> list[dict]:
+    return [{"kid": r.kid, "alg": r.alg, "state": r.state,
+             "created_at": r.created_at, "activated_at": r.activated_at,
+             "retired_at": r.retired_at} for r in obj.services.keyring._store.list_keys()]
+
+
+@keys.command("list")
+@json_option
+@pass_context
+def keys_list(obj: Context, as_json: bool) -> None:
+    rows = _key_rows(obj)
+    emit(rows, as_json, "\n".join(f"{r['state']:<8} {r['alg']:<6} {r['kid']}" for r in rows)
+         or "(no keys: run `congvu db upgrade`)")
+
+
+@keys.command("rotate")
+@click.option("--alg", type=click.Choice(["RS256", "ES256", "EdDSA"]), default=None,
+              help="Algorithm of the new next key (signs after the following rotation).")
+@json_option
+@pass_context
+def keys_rotate(obj: Context, alg: str | None, as_json: bool) -> None:
+    """next → current, current → retired, new next; prune expired retired keys."""
+    services = obj.services
+    result = services.keyring.rotate(alg=alg)
+    result["pruned"] = services.keyring.prune(max_token_lifetime=services.config.max_token_lifetime)
+    emit(result, as_json)
+
+
+# -- admin tokens -------------------------------------------------------------------------
+@main.group("admin-token")
+def admin_token() -> None:
+    """Bearer tokens for the admin API."""
+
+
+@admin_token.command("create")
+@click.option("--name", required=True)
+@json_option
+@pass_context
+def admin_token_create(obj: Context, name: str, as_json: bool) -> None:
+    """Create an admin API token; it is printed this once and stored hashed."""
+    from identity.credentials import new_token, token_hash
+    from identity.models import AdminToken
+
+    value = new_token(32)
+    with obj.services.database.session() as session:
+        session.add(AdminToken(name=name, token_hash=token_hash(value),
+                               created_at=int(time.time()), revoked_at=None))
+    emit({"name": name, "token": value}, as_json)
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main()

@@ -1,0 +1,220 @@
+"""Relying parties: registration rules and the adapter authlib checks requests against.
+
+Redirect URIs are compared as exact strings. The one exception is RFC 8252 §7.3: a
+native app registered with an http loopback IP literal (127.0.0.1 or [::1]) may use
+any port, because the operating system picks a free one at run time.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import time
+from dataclasses import dataclass
+from urllib.parse import urlsplit, urlunsplit
+
+from authlib.oauth2.rfc6749 import ClientMixin, list_to_scope, scope_to_list
+from sqlalchemy.orm import Session
+
+from identity.credentials import SecretHasher, new_token
+from identity.models import Client
+
+SUPPORTED_SCOPES = ("openid", "profile", "email", "phone", "offline_access", "groups")
+SUPPORTED_GRANT_TYPES = ("authorization_code", "refresh_token", "client_credentials")
+AUTH_METHODS = ("client_secret_basic", "client_secret_post", "private_key_jwt", "none")
+# Schemes that would run code in the provider's or the browser's context.
+_FORBIDDEN_SCHEMES = {"javascript", "data", "vbscript", "file", "blob", "about"}
+
+
+class ClientRegistrationError(ValueError):
+    """A client's metadata is refused; `field` names the metadata item (RFC 7591 style)."""
+
+    def __init__(self, field: str, message: str) -> None:
+        super().__init__(f"{field}: {message}")
+        self.field = field
+        self.message = message
+
+
+def _is_loopback_ip(host: str | None) -> bool:
+    if not host:
+        return False
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def validate_redirect_uri(uri: str, field: str = "redirect_uri") -> str:
+    """Accept https URIs, http on a loopback IP literal, and private-use schemes of
+    native apps (reverse domain names such as `vn.gov.phutho.app:/cb`)."""
+    if not uri or uri != uri.strip() or any(ord(c) < 0x21 for c in uri):
+        raise ClientRegistrationError(field, "must be a URI without spaces or control characters")
+    try:
+        parts = urlsplit(uri)
+        parts.port  # noqa: B018 - raises ValueError on a malformed port
+    except ValueError:
+        raise ClientRegistrationError(field, f"not a valid URI: {uri!r}") from None
+    scheme = parts.scheme.lower()
+    if not scheme:
+        raise ClientRegistrationError(field, f"must be an absolute URI: {uri!r}")
+    if scheme in _FORBIDDEN_SCHEMES:
+        raise ClientRegistrationError(field, f"the {scheme}: scheme is not allowed")
+    if parts.fragment or "#" in uri:
+        raise ClientRegistrationError(field, "must not contain a fragment")
+    if scheme in ("http", "https"):
+        if not parts.hostname:
+            raise ClientRegistrationError(field, f"has no host: {uri!r}")
+        if parts.username or parts.password:
+            raise ClientRegistrationError(field, "must not contain user information")
+        if scheme == "http" and not _is_loopback_ip(parts.hostname):
+            raise ClientRegistrationError(
+                field, "http is allowed only on a loopback IP (127.0.0.1 or [::1]); use https")
+        return uri
+    if "." not in scheme:
+        raise ClientRegistrationError(
+            field, f"a private-use scheme must be a reverse domain name (e.g. vn.gov.app:), not {scheme}:")
+    return uri
+
+
+def redirect_uri_matches(registered: list[str], presented: str) -> bool:
+    if presented in registered:
+        return True
+    parts = urlsplit(presented)
+    if parts.scheme != "http" or not _is_loopback_ip(parts.hostname):
+        return False
+    # RFC 8252 §7.3: ignore the port for loopback IP redirects, compare the rest exactly.
+    host = parts.hostname if ":" not in (parts.hostname or "") else f"[{parts.hostname}]"
+    portless = urlunsplit((parts.scheme, host, parts.path, parts.query, ""))
+    for uri in registered:
+        reg = urlsplit(uri)
+        if reg.scheme == "http" and _is_loopback_ip(reg.hostname):
+            reg_host = reg.hostname if ":" not in (reg.hostname or "") else f"[{reg.hostname}]"
+            if urlunsplit((reg.scheme, reg_host, reg.path, reg.query, "")) == portless:
+                return True
+    return False
+
+
+@dataclass
+class RegisteredClient:
+    client: Client
+    client_secret: str | None  # shown once, never stored
+
+
+def register_client(session: Session, hasher: SecretHasher, *, name: str,
+                    redirect_uris: list[str] = (), post_logout_redirect_uris: list[str] = (),
+                    grant_types: list[str] = (), public: bool = False,
+                    auth_method: str | None = None, scope: str | None = None,
+                    jwks: dict | None = None, first_party: bool = True,
+                    require_pkce: bool = True, client_id: str | None = None) -> RegisteredClient:
+    name = (name or "").strip()
+    if not name:
+        raise ClientRegistrationError("client_name", "is required")
+    grant_types = list(grant_types) or ["authorization_code", "refresh_token"]
+    for grant in grant_types:
+        if grant not in SUPPORTED_GRANT_TYPES:
+            raise ClientRegistrationError(
+                "grant_types", f"{grant!r} is not supported (only {', '.join(SUPPORTED_GRANT_TYPES)})")
+    if auth_method is None:
+        auth_method = "none" if public else ("private_key_jwt" if jwks else "client_secret_basic")
+    if auth_method not in AUTH_METHODS:
+        raise ClientRegistrationError("token_endpoint_auth_method", f"{auth_method!r} is not supported")
+    if public != (auth_method == "none"):
+        raise ClientRegistrationError("token_endpoint_auth_method",
+                                      "a public client authenticates with 'none', and only it does")
+    if public and "client_credentials" in grant_types:
+        raise ClientRegistrationError("grant_types", "a public client cannot use client_credentials")
+    if auth_method == "private_key_jwt" and not (jwks and jwks.get("keys")):
+        raise ClientRegistrationError("jwks", "private_key_jwt needs the client's public keys")
+    redirect_uris = [validate_redirect_uri(u) for u in redirect_uris]
+    post_logout = [validate_redirect_uri(u, "post_logout_redirect_uri")
+                   for u in post_logout_redirect_uris]
+    if "authorization_code" in grant_types and not redirect_uris:
+        raise ClientRegistrationError("redirect_uris", "the authorization_code grant needs at least one")
+    requested = scope_to_list(scope) if scope else list(SUPPORTED_SCOPES)
+    for item in requested:
+        if item not in SUPPORTED_SCOPES:
+            raise ClientRegistrationError("scope", f"{item!r} is not a supported scope")
+
+    secret = None if auth_method in ("none", "private_key_jwt") else new_token(32)
+    now = int(time.time())
+    client = Client(
+        client_id=client_id or new_token(16), name=name,
+        secret_hash=hasher.hash(secret) if secret else None,
+        token_endpoint_auth_method=auth_method, redirect_uris=redirect_uris,
+        post_logout_redirect_uris=post_logout, grant_types=grant_types,
+        scope=list_to_scope(requested), require_pkce=True if public else require_pkce,
+        first_party=first_party, jwks=jwks, created_at=now, secret_rotated_at=None,
+    )
+    session.add(client)
+    session.flush()
+    return RegisteredClient(client, secret)
+
+
+def rotate_secret(session: Session, hasher: SecretHasher, client: Client) -> str:
+    if client.token_endpoint_auth_method not in ("client_secret_basic", "client_secret_post"):
+        raise ClientRegistrationError("token_endpoint_auth_method", "this client has no secret")
+    secret = new_token(32)
+    client.secret_hash = hasher.hash(secret)
+    client.secret_rotated_at = int(time.time())
+    return secret
+
+
+def describe_client(client: Client) -> dict:
+    """Public metadata of a client (never the secret hash)."""
+    return {
+        "client_id": client.client_id,
+        "client_name": client.name,
+        "token_endpoint_auth_method": client.token_endpoint_auth_method,
+        "redirect_uris": list(client.redirect_uris),
+        "post_logout_redirect_uris": list(client.post_logout_redirect_uris),
+        "grant_types": list(client.grant_types),
+        "scope": client.scope,
+        "require_pkce": client.require_pkce,
+        "first_party": client.first_party,
+        "public": client.token_endpoint_auth_method == "none",
+        "created_at": client.created_at,
+    }
+
+
+class OAuthClient(ClientMixin):
+    """What authlib asks of a client, over a detached `Client` row."""
+
+    def __init__(self, row: Client, hasher: SecretHasher) -> None:
+        self.row = row
+        self._hasher = hasher
+        self.client_id = row.client_id
+        self.client_metadata: dict = {}
+
+    def __repr__(self) -> str:
+        return f"OAuthClient({self.client_id!r})"
+
+    @property
+    def is_public(self) -> bool:
+        return self.row.token_endpoint_auth_method == "none"
+
+    def get_client_id(self) -> str:
+        return self.row.client_id
+
+    def get_default_redirect_uri(self) -> str | None:
+        uris = self.row.redirect_uris
+        return uris[0] if len(uris) == 1 else None
+
+    def get_allowed_scope(self, scope: str) -> str:
+        if not scope:
+            return ""
+        allowed = set(scope_to_list(self.row.scope))
+        return list_to_scope([s for s in scope_to_list(scope) if s in allowed])
+
+    def check_redirect_uri(self, redirect_uri: str) -> bool:
+        return redirect_uri_matches(self.row.redirect_uris, redirect_uri)
+
+    def check_client_secret(self, client_secret: str) -> bool:
+        return self._hasher.verify(client_secret, self.row.secret_hash)
+
+    def check_endpoint_auth_method(self, method: str, endpoint: str) -> bool:
+        return method == self.row.token_endpoint_auth_method
+
+    def check_response_type(self, response_type: str) -> bool:
+        return response_type == "code" and "authorization_code" in self.row.grant_types
+
+    def check_grant_type(self, grant_type: str) -> bool:
+        return grant_type in self.row.grant_types

@@ -1,0 +1,283 @@
+"""Every setting of the identity server, read in one place and passed down.
+
+Sources, later ones winning: the defaults below, the TOML file (`congvu.toml` in the
+instance folder, or the path in `CONGVU_CONFIG`), then `CONGVU_*` environment
+variables (`tokens.access_token_ttl` ↔ `CONGVU_TOKENS__ACCESS_TOKEN_TTL`). Policies
+(`[policies.session]`, `[policies.password_hash]`) live in the same file and are
+validated by their own classes in `policies/`. An invalid setting stops the start with
+a message naming the key; insecure development defaults produce warnings.
+
+docs/configuration.md is generated from SETTINGS (`congvu config docs`); a test keeps
+it in step.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+from keys.master import MasterKey, MasterKeyError, load_or_create_master_key_file
+from keys.ring import SIGNING_ALGORITHMS
+from policies import PasswordHashPolicy, PolicyError, SessionPolicy
+
+ENV_PREFIX = "CONGVU_"
+
+
+class ConfigError(ValueError):
+    """An invalid setting; the message starts with the setting's key."""
+
+
+@dataclass(frozen=True)
+class Setting:
+    key: str
+    type: type
+    default: Any
+    doc: str
+    choices: tuple[str, ...] = ()
+    minimum: int | None = None
+    maximum: int | None = None
+
+
+SETTINGS: tuple[Setting, ...] = (
+    Setting("issuer", str, "http://127.0.0.1:5000",
+            "Issuer identifier: the public https URL of this provider, without a trailing "
+            "slash. http is accepted only on loopback, with a warning."),
+    Setting("database_url", str, "",
+            "SQLAlchemy URL. Empty: SQLite (WAL) at `<data>/congvu.db`. Production: "
+            "`postgresql+psycopg://user@host/db`."),
+    Setting("master_key_file", str, "",
+            "File holding the base64url master key. Empty: `<data>/master.key`, generated "
+            "on first start (with a warning). `CONGVU_MASTER_KEY` takes precedence over any file."),
+    Setting("signing_alg", str, "RS256",
+            "Algorithm of newly generated signing keys.", choices=SIGNING_ALGORITHMS),
+    Setting("default_locale", str, "vi", "Language of pages when nothing else asks for one.",
+            choices=("vi", "en")),
+    Setting("secure_cookies", bool, True,
+            "Mark cookies Secure and give them the `__Host-` prefix. Never turn off in "
+            "production; browsers accept Secure cookies on http://127.0.0.1 and localhost."),
+    Setting("trusted_proxy_count", int, 0,
+            "How many reverse proxies in front set X-Forwarded-For/-Proto (0: none).",
+            minimum=0, maximum=5),
+    Setting("tokens.code_ttl", int, 60, "Lifetime of an authorization code, seconds.",
+            minimum=5, maximum=60),
+    Setting("tokens.access_token_ttl", int, 600, "Lifetime of an access token (JWT), seconds.",
+            minimum=60, maximum=86400),
+    Setting("tokens.id_token_ttl", int, 600, "Lifetime of an ID token, seconds.",
+            minimum=60, maximum=86400),
+    Setting("tokens.refresh_token_ttl", int, 30 * 86400,
+            "Lifetime of a refresh token (offline_access), seconds. Each use rotates it.",
+            minimum=300, maximum=365 * 86400),
+    Setting("tokens.client_assertion_max_age", int, 300,
+            "Longest lifetime accepted for a private_key_jwt client assertion, seconds.",
+            minimum=30, maximum=3600),
+    Setting("keys.cache_seconds", int, 10,
+            "How long a node caches the key set; a rotation elsewhere is seen within it.",
+            minimum=0, maximum=3600),
+)
+
+_BY_KEY = {s.key: s for s in SETTINGS}
+_POLICY_SECTIONS: dict[str, type] = {"session": SessionPolicy, "password_hash": PasswordHashPolicy}
+
+
+@dataclass(frozen=True)
+class Config:
+    data_dir: Path
+    values: dict[str, Any]
+    session_policy: SessionPolicy
+    password_hash_policy: PasswordHashPolicy
+    master_key: MasterKey = field(repr=False)
+    warnings: tuple[str, ...] = ()
+
+    def __getitem__(self, key: str) -> Any:
+        return self.values[key]
+
+    @property
+    def issuer(self) -> str:
+        return self.values["issuer"]
+
+    @property
+    def database_url(self) -> str:
+        return self.values["database_url"]
+
+    @property
+    def max_token_lifetime(self) -> int:
+        """The longest a token signed by one key can live: how long a retired key stays."""
+        return max(self["tokens.access_token_ttl"], self["tokens.id_token_ttl"])
+
+
+def _flatten(table: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    flat: dict[str, Any] = {}
+    for key, value in table.items():
+        full = f"{prefix}{key}"
+        if isinstance(value, dict) and full != "policies":
+            flat.update(_flatten(value, full + "."))
+        else:
+            flat[full] = value
+    return flat
+
+
+def _coerce(setting: Setting, raw: Any, source: str) -> Any:
+    key = setting.key
+    if isinstance(raw, str) and setting.type is not str:
+        text = raw.strip().lower()
+        if setting.type is bool:
+            if text in ("1", "true", "yes", "on"):
+                raw = True
+            elif text in ("0", "false", "no", "off"):
+                raw = False
+            else:
+                raise ConfigError(f"{key}: expected true or false, got {raw!r} ({source})")
+        elif setting.type is int:
+            try:
+                raw = int(text)
+            except ValueError:
+                raise ConfigError(f"{key}: expected a whole number, got {raw!r} ({source})") from None
+    if setting.type is int and (isinstance(raw, bool) or not isinstance(raw, int)):
+        raise ConfigError(f"{key}: expected a whole number, got {raw!r} ({source})")
+    if not isinstance(raw, setting.type):
+        raise ConfigError(f"{key}: expected {setting.type.__name__}, got {raw!r} ({source})")
+    if setting.choices and raw not in setting.choices:
+        raise ConfigError(f"{key}: must be one of {', '.join(setting.choices)}, got {raw!r} ({source})")
+    if setting.minimum is not None and raw < setting.minimum:
+        raise ConfigError(f"{key}: must be at least {setting.minimum}, got {raw} ({source})")
+    if setting.maximum is not None and raw > setting.maximum:
+        raise ConfigError(f"{key}: must be at most {setting.maximum}, got {raw} ({source})")
+    return raw
+
+
+def _check_issuer(issuer: str, warnings: list[str]) -> str:
+    parts = urlsplit(issuer)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ConfigError(f"issuer: must be an absolute https URL, got {issuer!r}")
+    if parts.query or parts.fragment:
+        raise ConfigError("issuer: must not have a query or fragment")
+    if parts.scheme == "http":
+        if parts.hostname not in ("127.0.0.1", "localhost", "::1"):
+            raise ConfigError(f"issuer: http is allowed only on loopback, got {issuer!r}")
+        warnings.append(f"issuer {issuer} uses http: acceptable for a demo on loopback only")
+    return issuer.rstrip("/")
+
+
+def load_config(data_dir: str | Path | None = None, overrides: dict[str, Any] | None = None,
+                environ: dict[str, str] | None = None) -> Config:
+    """Read defaults, the TOML file, the environment and `overrides` (tests), validate all."""
+    env = os.environ if environ is None else environ
+    data = Path(data_dir or env.get(ENV_PREFIX + "DATA_DIR") or "instance").resolve()
+    warnings: list[str] = []
+    values = {s.key: s.default for s in SETTINGS}
+
+    config_path = Path(env.get(ENV_PREFIX + "CONFIG") or data / "congvu.toml")
+    file_values: dict[str, Any] = {}
+    if config_path.exists():
+        try:
+            file_values = _flatten(tomllib.loads(config_path.read_text(encoding="utf-8")))
+        except tomllib.TOMLDecodeError as error:
+            raise ConfigError(f"{config_path}: not valid TOML ({error})") from None
+    policy_tables = file_values.pop("policies", {}) or {}
+
+    for key, raw in file_values.items():
+        if key not in _BY_KEY:
+            raise ConfigError(f"{key}: unknown setting ({config_path})")
+        values[key] = _coerce(_BY_KEY[key], raw, str(config_path))
+    for setting in SETTINGS:
+        name = ENV_PREFIX + setting.key.upper().replace(".", "__")
+        if name in env:
+            values[setting.key] = _coerce(setting, env[name], name)
+    for key, raw in (overrides or {}).items():
+        if key in _POLICY_SECTIONS:
+            policy_tables[key] = raw
+            continue
+        if key not in _BY_KEY:
+            raise ConfigError(f"{key}: unknown setting")
+        values[key] = _coerce(_BY_KEY[key], raw, "overrides")
+
+    values["issuer"] = _check_issuer(values["issuer"], warnings)
+    if not values["database_url"]:
+        values["database_url"] = f"sqlite:///{data / 'congvu.db'}"
+    if not values["secure_cookies"]:
+        warnings.append("secure_cookies is off: session cookies can leak over plain http")
+
+    policies: dict[str, Any] = {}
+    for section, policy_type in _POLICY_SECTIONS.items():
+        table = policy_tables.get(section, {})
+        if isinstance(table, policy_type):
+            policies[section] = table
+            continue
+        try:
+            policies[section] = policy_type.from_mapping(table, f"policies.{section}")
+        except PolicyError as error:
+            raise ConfigError(str(error)) from None
+    unknown = set(policy_tables) - set(_POLICY_SECTIONS)
+    if unknown:
+        raise ConfigError(f"policies.{sorted(unknown)[0]}: unknown policy section")
+
+    master_key = _load_master_key(env, values, data, warnings)
+    return Config(data_dir=data, values=values, session_policy=policies["session"],
+                  password_hash_policy=policies["password_hash"], master_key=master_key,
+                  warnings=tuple(warnings))
+
+
+def _load_master_key(env: dict[str, str] | os._Environ[str], values: dict[str, Any], data: Path,
+                     warnings: list[str]) -> MasterKey:
+    try:
+        if env.get(ENV_PREFIX + "MASTER_KEY"):
+            return MasterKey.from_text(env[ENV_PREFIX + "MASTER_KEY"])
+        path = Path(values["master_key_file"]) if values["master_key_file"] else data / "master.key"
+        key, created = load_or_create_master_key_file(path)
+    except MasterKeyError as error:
+        raise ConfigError(f"master_key: {error}") from None
+    if not values["master_key_file"]:
+        warnings.append(
+            f"master key kept beside the data in {path}"
+            + (" (just generated)" if created else "")
+            + ": in production give CONGVU_MASTER_KEY or a master_key_file on other storage"
+        )
+    return key
+
+
+def settings_reference_markdown() -> str:
+    """The configuration reference, generated from SETTINGS and the policy classes."""
+    lines = [
+        "# Configuration reference",
+        "",
+        "<!-- generated by `congvu config docs`; edit identity/config.py, not this file -->",
+        "",
+        "Settings come from, in rising order of precedence: the defaults below, the TOML "
+        "file (`<data>/congvu.toml`, or the path in `CONGVU_CONFIG`), and environment "
+        "variables. The instance folder `<data>` is `--data DIR`, else `CONGVU_DATA_DIR`, "
+        "else `./instance`. An invalid value stops the start with a message naming the key.",
+        "",
+        "| key | environment variable | type | default | meaning |",
+        "| --- | --- | --- | --- | --- |",
+    ]
+    for s in SETTINGS:
+        env_name = ENV_PREFIX + s.key.upper().replace(".", "__")
+        bounds = ""
+        if s.choices:
+            bounds = " One of: " + ", ".join(f"`{c}`" for c in s.choices) + "."
+        if s.minimum is not None:
+            bounds += f" Range {s.minimum}–{s.maximum}."
+        default = "`" + str(s.default).lower() + "`" if isinstance(s.default, bool) else (
+            f"`{s.default}`" if s.default != "" else "(empty)")
+        lines.append(f"| `{s.key}` | `{env_name}` | {s.type.__name__} | {default} | {s.doc}{bounds} |")
+    lines += [
+        "| — | `CONGVU_MASTER_KEY` | base64url | — | The master key itself (32 bytes); "
+        "wins over `master_key_file`. |",
+        "",
+        "## Policies",
+        "",
+        "Tables under `[policies.<name>]` in the TOML file; validated at start.",
+        "",
+    ]
+    for section, policy_type in _POLICY_SECTIONS.items():
+        lines += [f"### `[policies.{section}]`", "", (policy_type.__doc__ or "").strip(), "",
+                  "| key | default |", "| --- | --- |"]
+        for policy_field in dataclasses.fields(policy_type):
+            lines.append(f"| `{policy_field.name}` | `{policy_field.default}` |")
+        lines.append("")
+    return "\n".join(lines)

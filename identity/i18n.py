@@ -1,0 +1,75 @@
+"""Vietnamese first, English on request.
+
+The language is, in order: `?lang=` on this request (remembered in a cookie), the
+`ui_locales` of the authorization request being served, the cookie, then the
+configured default (vi). The browser's Accept-Language is deliberately not used:
+officials' machines often run an English Windows while they work in Vietnamese.
+
+Catalogs are kept as .po text in the repository and compiled into the instance folder
+at start (a few milliseconds), so no build step or committed binary is needed.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from babel.messages.mofile import write_mo
+from babel.messages.pofile import read_po
+from flask import Flask, g, request
+from flask_babel import Babel
+
+SUPPORTED_LOCALES = ("vi", "en")
+LANG_COOKIE = "congvu_lang"
+SOURCE = Path(__file__).parent / "translations"
+
+
+def compile_catalogs(target: Path) -> Path:
+    for po_path in SOURCE.glob("*/LC_MESSAGES/messages.po"):
+        locale = po_path.parent.parent.name
+        mo_path = target / locale / "LC_MESSAGES" / "messages.mo"
+        if mo_path.exists() and mo_path.stat().st_mtime >= po_path.stat().st_mtime:
+            continue
+        mo_path.parent.mkdir(parents=True, exist_ok=True)
+        with po_path.open("rb") as handle:
+            catalog = read_po(handle, locale=locale)
+        temporary = mo_path.with_suffix(".tmp")
+        with temporary.open("wb") as handle:
+            write_mo(handle, catalog)
+        temporary.replace(mo_path)  # atomic: concurrent workers never read half a file
+    return target
+
+
+def first_supported(value: str | None) -> str | None:
+    for tag in (value or "").replace(",", " ").split():
+        base = tag.split("-")[0].lower()
+        if base in SUPPORTED_LOCALES:
+            return base
+    return None
+
+
+def select_locale() -> str:
+    from identity.services import services
+
+    chosen = first_supported(request.args.get("lang"))
+    if chosen:
+        g.lang_cookie = chosen
+        return chosen
+    chosen = first_supported(request.args.get("ui_locales"))
+    if chosen:
+        return chosen
+    return first_supported(request.cookies.get(LANG_COOKIE)) or services().config["default_locale"]
+
+
+def init_i18n(app: Flask, instance_dir: Path) -> None:
+    directory = compile_catalogs(instance_dir / "translations")
+    app.config["BABEL_TRANSLATION_DIRECTORIES"] = str(directory)
+    app.config["BABEL_DEFAULT_LOCALE"] = "vi"
+    Babel(app, locale_selector=select_locale)
+
+    @app.after_request
+    def _remember_language(response):  # type: ignore[no-untyped-def]
+        chosen = g.get("lang_cookie")
+        if chosen:
+            response.set_cookie(LANG_COOKIE, chosen, max_age=365 * 86400, samesite="Lax",
+                                secure=request.is_secure, httponly=True)
+        return response

@@ -1,0 +1,50 @@
+"""The database-backed `keys.ring.KeyStore`."""
+
+from __future__ import annotations
+
+from sqlalchemy import delete, select, update
+
+from identity.db import Database
+from identity.models import SigningKey
+from keys.ring import KeyRecord
+
+
+class DatabaseKeyStore:
+    def __init__(self, database: Database) -> None:
+        self._db = database
+
+    def list_keys(self) -> list[KeyRecord]:
+        with self._db.session() as session:
+            rows = session.scalars(select(SigningKey).order_by(SigningKey.created_at)).all()
+            return [
+                KeyRecord(kid=r.kid, alg=r.alg, state=r.state, public_jwk=r.public_jwk,
+                          sealed_private_key=r.sealed_private_key, created_at=r.created_at,
+                          activated_at=r.activated_at, retired_at=r.retired_at)
+                for r in rows
+            ]
+
+    def add_key(self, record: KeyRecord) -> None:
+        with self._db.session() as session:
+            session.add(SigningKey(
+                kid=record.kid, alg=record.alg, state=record.state, public_jwk=record.public_jwk,
+                sealed_private_key=record.sealed_private_key, created_at=int(record.created_at),
+                activated_at=_int(record.activated_at), retired_at=_int(record.retired_at),
+            ))
+
+    def set_state(self, kid: str, state: str, *, activated_at: float | None = None,
+                  retired_at: float | None = None) -> None:
+        values: dict[str, object] = {"state": state}
+        if activated_at is not None:
+            values["activated_at"] = int(activated_at)
+        if retired_at is not None:
+            values["retired_at"] = int(retired_at)
+        with self._db.session() as session:
+            session.execute(update(SigningKey).where(SigningKey.kid == kid).values(**values))
+
+    def delete_key(self, kid: str) -> None:
+        with self._db.session() as session:
+            session.execute(delete(SigningKey).where(SigningKey.kid == kid))
+
+
+def _int(value: float | None) -> int | None:
+    return None if value is None else int(value)

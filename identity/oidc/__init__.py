@@ -1,0 +1,1 @@
+"""The OpenID provider: protocol rules on authlib, Flask views kept thin."""

@@ -1,0 +1,484 @@
+"""The authorization server: authlib's grants and endpoints, bound to our storage.
+
+Protocol rules stay authlib's; what is here is where our storage and policy meet
+them: atomic single use of codes and refresh tokens, revocation of a whole grant on
+reuse, the JWT access tokens of identity.oidc.tokens, and replay-proof
+private_key_jwt.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from dataclasses import dataclass
+from typing import Any
+
+from authlib.integrations.flask_oauth2 import AuthorizationServer, ResourceProtector
+from authlib.oauth2.rfc6749 import InvalidClientError, grants, scope_to_list
+from authlib.oauth2.rfc6750 import BearerTokenValidator
+from authlib.oauth2.rfc7009 import RevocationEndpoint
+from authlib.oauth2.rfc7523 import JWTBearerClientAssertion
+from authlib.oauth2.rfc7636 import CodeChallenge
+from authlib.oauth2.rfc7662 import IntrospectionEndpoint
+from authlib.oauth2.rfc9207 import IssuerParameter
+from authlib.oidc.core import UserInfo, UserInfoEndpoint
+from authlib.oidc.core.grants import OpenIDCode
+from joserfc import jwt
+from joserfc.errors import JoseError
+from sqlalchemy import update
+from sqlalchemy.exc import IntegrityError
+
+from identity.accounts import user_claims
+from identity.clients import SUPPORTED_SCOPES, OAuthClient
+from identity.credentials import token_hash
+from identity.models import (
+    AuthorizationCode,
+    Client,
+    Grant,
+    RefreshToken,
+    SsoSession,
+    UsedClientAssertion,
+    User,
+)
+from identity.oidc.tokens import revoke_grant
+from identity.services import db, services
+
+TOKEN_AUTH_METHODS = ["client_secret_basic", "client_secret_post", "private_key_jwt", "none"]
+
+
+@dataclass
+class EndUser:
+    """The signed-in official an authorization is granted for."""
+
+    user: User
+    sso: SsoSession
+
+
+def query_client(client_id: str) -> OAuthClient | None:
+    if not isinstance(client_id, str) or len(client_id) > 128:
+        return None
+    row = db().get(Client, client_id)
+    return OAuthClient(row, services().secret_hasher) if row else None
+
+
+def load_active_user(user_id: int) -> User | None:
+    user = db().get(User, user_id)
+    return user if user is not None and not user.disabled else None
+
+
+# -- authorization code -----------------------------------------------------------------
+class StoredCode:
+    """authlib's view of a consumed code (AuthorizationCodeMixin)."""
+
+    def __init__(self, row: AuthorizationCode, grant: Grant) -> None:
+        self.row = row
+        self.grant = grant
+        self.code_challenge = row.code_challenge
+        self.code_challenge_method = row.code_challenge_method
+
+    def get_redirect_uri(self) -> str:
+        return self.row.redirect_uri
+
+    def get_scope(self) -> str:
+        return self.row.scope
+
+    def get_nonce(self) -> str | None:
+        return self.row.nonce
+
+    def get_auth_time(self) -> int:
+        return self.grant.auth_time
+
+    def get_acr(self) -> str | None:
+        return self.grant.acr
+
+    def get_amr(self) -> list[str]:
+        return list(self.grant.amr)
+
+
+class S256CodeChallenge(CodeChallenge):
+    """PKCE with S256 only: `plain` offers no protection once the request leaks."""
+
+    SUPPORTED_CODE_CHALLENGE_METHOD = ["S256"]
+
+
+class CodeGrant(grants.AuthorizationCodeGrant):
+    TOKEN_ENDPOINT_AUTH_METHODS = TOKEN_AUTH_METHODS
+
+    def save_authorization_code(self, code: str, request: Any) -> None:
+        end_user: EndUser = request.user
+        client: OAuthClient = request.client
+        now = int(time.time())
+        scope = client.get_allowed_scope(request.payload.scope)
+        if "offline_access" in scope_to_list(scope) and not client.check_grant_type("refresh_token"):
+            scope = " ".join(s for s in scope_to_list(scope) if s != "offline_access")
+        grant = Grant(
+            id=uuid.uuid4().hex, user_id=end_user.user.id, client_id=client.client_id, scope=scope,
+            sid=end_user.sso.sid, auth_time=end_user.sso.auth_time, amr=list(end_user.sso.amr),
+            acr=end_user.sso.acr, created_at=now, revoked_at=None, revoked_reason=None,
+        )
+        session = db()
+        session.add(grant)
+        session.flush()  # the code row refers to the grant; no ORM relationship orders them
+        session.add(AuthorizationCode(
+            code_hash=token_hash(code), grant_id=grant.id, client_id=client.client_id,
+            redirect_uri=request.payload.redirect_uri or client.get_default_redirect_uri() or "",
+            scope=scope, nonce=request.payload.data.get("nonce"),
+            code_challenge=request.payload.data.get("code_challenge"),
+            code_challenge_method=request.payload.data.get("code_challenge_method") or (
+                "S256" if request.payload.data.get("code_challenge") else None),
+            created_at=now, expires_at=now + services().config["tokens.code_ttl"], used_at=None,
+        ))
+
+    def query_authorization_code(self, code: str, client: OAuthClient) -> StoredCode | None:
+        """Consume the code atomically. A second redemption finds it used: the grant it
+        started is revoked (RFC 6749 §4.1.2) and the request fails with invalid_grant."""
+        session = db()
+        row = session.get(AuthorizationCode, token_hash(code)) if isinstance(code, str) else None
+        if row is None:
+            return None
+        now = int(time.time())
+        consumed = session.execute(
+            update(AuthorizationCode)
+            .where(AuthorizationCode.code_hash == row.code_hash, AuthorizationCode.used_at.is_(None))
+            .values(used_at=now)
+        ).rowcount == 1
+        if not consumed:
+            revoke_grant(session, row.grant_id, "code_reuse")
+            return None
+        if row.client_id != client.client_id or row.expires_at <= now:
+            return None
+        grant = session.get(Grant, row.grant_id)
+        if grant is None or grant.revoked_at is not None:
+            return None
+        return StoredCode(row, grant)
+
+    def delete_authorization_code(self, authorization_code: StoredCode) -> None:
+        """Nothing left to do: the code was marked used when it was redeemed; the row
+        stays until it expires so that a second redemption is recognised as reuse."""
+
+    def authenticate_user(self, authorization_code: StoredCode) -> User | None:
+        return load_active_user(authorization_code.grant.user_id)
+
+    def generate_token(self, user=None, scope=None, grant_type=None, expires_in=None,
+                       include_refresh_token=True):  # type: ignore[no-untyped-def]
+        grant = self.request.authorization_code.grant
+        return services().tokens.issue(
+            db(), client_id=self.request.client.client_id, scope=scope, sub=user.sub, grant=grant,
+            include_refresh_token=include_refresh_token
+            and "offline_access" in scope_to_list(scope),
+        )
+
+
+class OpenIDConnect(OpenIDCode):
+    """ID tokens signed with the current key of our key ring."""
+
+    def __init__(self) -> None:
+        super().__init__(require_nonce=False)
+
+    def exists_nonce(self, nonce: str, request: Any) -> bool:
+        # Codes are single use and bound to the client; a replayed nonce would need a
+        # replayed code, which is refused and revokes the grant.
+        return False
+
+    def _signing(self, request: Any) -> tuple[str, str, Any]:
+        signing = getattr(request, "_congvu_signing", None)
+        if signing is None:
+            signing = request._congvu_signing = services().keyring.current()
+        return signing
+
+    def resolve_client_private_key(self, client: OAuthClient) -> Any:
+        return self._signing(self._request)[2]
+
+    def get_client_algorithm(self, client: OAuthClient) -> str:
+        return self._signing(self._request)[1]
+
+    def get_encode_header(self, client: OAuthClient) -> dict[str, str]:
+        kid, alg, _ = self._signing(self._request)
+        return {"alg": alg, "kid": kid, "typ": "JWT"}
+
+    def get_client_claims(self, client: OAuthClient) -> dict[str, Any]:
+        now = int(time.time())
+        return {"iss": services().config.issuer, "aud": [client.client_id], "iat": now,
+                "exp": now + services().config["tokens.id_token_ttl"], "azp": client.client_id}
+
+    def get_authorization_code_claims(self, authorization_code: StoredCode) -> dict[str, Any]:
+        claims = super().get_authorization_code_claims(authorization_code)
+        if authorization_code.grant.sid:
+            claims["sid"] = authorization_code.grant.sid
+        return claims
+
+    def generate_user_info(self, user: User, scope: str) -> UserInfo:
+        # The ID token carries only sub and the protocol claims; profile claims are
+        # fetched from userinfo, which keeps ID tokens small (OIDC Core §5.4).
+        return UserInfo(sub=user.sub)
+
+    def encode_id_token(self, token: dict, request: Any) -> str:
+        self._request = request
+        return super().encode_id_token(token, request)
+
+
+class RefreshGrant(grants.RefreshTokenGrant):
+    TOKEN_ENDPOINT_AUTH_METHODS = TOKEN_AUTH_METHODS
+    INCLUDE_NEW_REFRESH_TOKEN = True
+
+    def authenticate_refresh_token(self, refresh_token: str) -> RefreshTokenRecord | None:
+        """Rotation with reuse detection: the token is consumed here, atomically.
+        Presenting one that was already used revokes the whole grant."""
+        session = db()
+        tokens = services().tokens
+        row = tokens.find_refresh_token(session, refresh_token) if isinstance(refresh_token, str) else None
+        if row is None or row.revoked_at is not None:
+            return None
+        if not tokens.consume_refresh_token(session, row):
+            revoke_grant(session, row.grant_id, "refresh_token_reuse")
+            return None
+        grant = session.get(Grant, row.grant_id)
+        if grant is None or grant.revoked_at is not None or row.expires_at <= time.time():
+            return None
+        return RefreshTokenRecord(row, grant)
+
+    def authenticate_user(self, refresh_token: RefreshTokenRecord) -> User | None:
+        return load_active_user(refresh_token.grant.user_id)
+
+    def revoke_old_credential(self, refresh_token: RefreshTokenRecord) -> None:
+        """Nothing: the old token was consumed in authenticate_refresh_token."""
+
+    def generate_token(self, user=None, scope=None, grant_type=None, expires_in=None,
+                       include_refresh_token=True):  # type: ignore[no-untyped-def]
+        return services().tokens.issue(
+            db(), client_id=self.request.client.client_id, scope=scope, sub=user.sub,
+            grant=self.request.refresh_token.grant, include_refresh_token=include_refresh_token,
+        )
+
+
+class RefreshTokenRecord:
+    def __init__(self, row: RefreshToken, grant: Grant) -> None:
+        self.row = row
+        self.grant = grant
+
+    def check_client(self, client: OAuthClient) -> bool:
+        return self.row.client_id == client.client_id
+
+    def get_scope(self) -> str:
+        return self.row.scope
+
+
+class ClientCredentialsGrant(grants.ClientCredentialsGrant):
+    TOKEN_ENDPOINT_AUTH_METHODS = ["client_secret_basic", "client_secret_post", "private_key_jwt"]
+
+    def generate_token(self, user=None, scope=None, grant_type=None, expires_in=None,
+                       include_refresh_token=True):  # type: ignore[no-untyped-def]
+        client = self.request.client
+        scope = client.get_allowed_scope(scope) if scope else ""
+        return services().tokens.issue(None, client_id=client.client_id, scope=scope)
+
+
+# -- client authentication --------------------------------------------------------------
+class PrivateKeyJwt(JWTBearerClientAssertion):
+    """private_key_jwt (RFC 7523 §2.2, OIDC Core §9) with a jti replay guard."""
+
+    CLIENT_AUTH_METHOD = "private_key_jwt"
+    ALGORITHMS = ["RS256", "PS256", "ES256", "EdDSA"]
+
+    def get_audiences(self) -> list[str]:
+        issuer = services().config.issuer
+        return [issuer, issuer + "/token"]
+
+    def resolve_client_public_key(self, client: OAuthClient) -> Any:
+        from joserfc.jwk import KeySet
+
+        if not client.row.jwks:
+            raise InvalidClientError(description="The client has no registered keys.")
+        return KeySet.import_key_set(client.row.jwks)
+
+    def process_assertion_claims(self, assertion: str, resolve_key: Any) -> dict:
+        # authlib decodes without an algorithm list; we name the asymmetric ones we
+        # accept, so `none` and HMAC with a public key can never verify.
+        try:
+            token = jwt.decode(assertion, resolve_key, algorithms=self.ALGORITHMS)
+        except (JoseError, ValueError) as error:
+            raise InvalidClientError(description="The client assertion is not valid.") from error
+        self.verify_claims(token.claims)
+        max_age = services().config["tokens.client_assertion_max_age"]
+        exp, iat = token.claims.get("exp"), token.claims.get("iat", time.time())
+        if not isinstance(exp, int) or exp - iat > max_age:
+            raise InvalidClientError(description="The client assertion lives too long.")
+        return token.claims
+
+    def validate_jti(self, claims: dict, jti: Any) -> bool:
+        if not isinstance(jti, str) or not jti or len(jti) > 255:
+            return False
+        session = db()
+        try:
+            with session.begin_nested():
+                session.add(UsedClientAssertion(client_id=claims["sub"], jti=jti,
+                                                expires_at=int(claims["exp"])))
+        except IntegrityError:
+            return False
+        return True
+
+
+# -- introspection, revocation, userinfo ------------------------------------------------
+class TokenView:
+    """One token as introspection and revocation see it (access JWT or refresh token)."""
+
+    def __init__(self, kind: str, client_id: str, scope: str, active: bool, *,
+                 claims: dict | None = None, refresh: RefreshToken | None = None,
+                 grant: Grant | None = None) -> None:
+        self.kind = kind
+        self.client_id = client_id
+        self.scope = scope
+        self.active = active
+        self.claims = claims or {}
+        self.refresh = refresh
+        self.grant = grant
+
+    def check_client(self, client: OAuthClient) -> bool:
+        return self.client_id == client.client_id
+
+    def get_scope(self) -> str:
+        return self.scope
+
+    def is_expired(self) -> bool:
+        return not self.active
+
+    def is_revoked(self) -> bool:
+        return not self.active
+
+
+def find_token(token: str, hint: str | None) -> TokenView | None:
+    if not isinstance(token, str) or not token or len(token) > 8192:
+        return None
+    session = db()
+    tokens = services().tokens
+    order = ["refresh_token", "access_token"] if hint == "refresh_token" else [
+        "access_token", "refresh_token"]
+    for kind in order:
+        if kind == "access_token":
+            claims = tokens.decode_access_token(token)
+            if claims is not None:
+                return TokenView("access_token", claims["client_id"], claims.get("scope", ""),
+                                 tokens.is_access_token_active(session, claims), claims=claims)
+        else:
+            row = tokens.find_refresh_token(session, token)
+            if row is not None:
+                grant = session.get(Grant, row.grant_id)
+                active = (row.used_at is None and row.revoked_at is None
+                          and row.expires_at > time.time()
+                          and grant is not None and grant.revoked_at is None)
+                return TokenView("refresh_token", row.client_id, row.scope, active, refresh=row,
+                                 grant=grant)
+    return None
+
+
+class Introspection(IntrospectionEndpoint):
+    CLIENT_AUTH_METHODS = ["client_secret_basic", "client_secret_post", "private_key_jwt"]
+
+    def query_token(self, token_string: str, token_type_hint: str | None) -> TokenView | None:
+        return find_token(token_string, token_type_hint)
+
+    def check_permission(self, token: TokenView, client: OAuthClient, request: Any) -> bool:
+        # A client may introspect the tokens issued to it; others learn only active=false.
+        return token.check_client(client)
+
+    def introspect_token(self, token: TokenView) -> dict[str, Any]:
+        body: dict[str, Any] = {"active": True, "client_id": token.client_id, "scope": token.scope,
+                                "token_type": "Bearer" if token.kind == "access_token" else "refresh_token",
+                                "iss": services().config.issuer}
+        if token.kind == "access_token":
+            for claim in ("sub", "aud", "exp", "iat", "jti", "auth_time", "acr", "sid"):
+                if claim in token.claims:
+                    body[claim] = token.claims[claim]
+        else:
+            assert token.refresh is not None and token.grant is not None
+            user = db().get(User, token.grant.user_id)
+            body.update({"exp": token.refresh.expires_at, "iat": token.refresh.created_at,
+                         "sub": user.sub if user else None})
+            if user is not None:
+                body["username"] = user.username
+        return body
+
+
+class Revocation(RevocationEndpoint):
+    CLIENT_AUTH_METHODS = TOKEN_AUTH_METHODS
+
+    def query_token(self, token_string: str, token_type_hint: str | None) -> TokenView | None:
+        return find_token(token_string, token_type_hint)
+
+    def revoke_token(self, token: TokenView, request: Any) -> None:
+        session = db()
+        if token.kind == "access_token":
+            services().tokens.revoke_access_token(session, token.claims)
+        elif token.refresh is not None:
+            # RFC 7009 §2.1: revoking a refresh token also ends the access tokens of its grant.
+            revoke_grant(session, token.refresh.grant_id, "revoked_by_client")
+
+
+class AccessTokenRecord:
+    """A validated access token, for authlib's resource protector (userinfo)."""
+
+    def __init__(self, claims: dict[str, Any], user: User | None, client: OAuthClient | None,
+                 active: bool) -> None:
+        self.claims = claims
+        self.user = user
+        self.client = client
+        self.active = active
+        self.scope = claims.get("scope", "")
+
+    def get_scope(self) -> str:
+        return self.scope
+
+    def is_expired(self) -> bool:
+        return False
+
+    def is_revoked(self) -> bool:
+        return not self.active
+
+    def get_user(self) -> User | None:
+        return self.user
+
+    def get_client(self) -> OAuthClient | None:
+        return self.client
+
+
+class AccessTokenValidator(BearerTokenValidator):
+    def authenticate_token(self, token_string: str) -> AccessTokenRecord | None:
+        claims = services().tokens.decode_access_token(token_string)
+        if claims is None or "grant_id" not in claims:
+            return None
+        session = db()
+        grant = session.get(Grant, claims["grant_id"])
+        user = load_active_user(grant.user_id) if grant is not None else None
+        active = user is not None and services().tokens.is_access_token_active(session, claims)
+        return AccessTokenRecord(claims, user, query_client(claims["client_id"]), active)
+
+
+class UserInfoClaims(UserInfoEndpoint):
+    def generate_user_info(self, user: User, scope: str) -> UserInfo:
+        return UserInfo(user_claims(user, set(scope_to_list(scope))))
+
+    def get_issuer(self) -> str:
+        return services().config.issuer
+
+
+class Issuer(IssuerParameter):
+    def get_issuer(self) -> str:
+        return services().config.issuer
+
+
+def build_authorization_server(app: Any) -> tuple[AuthorizationServer, ResourceProtector]:
+    app.config.setdefault("OAUTH2_SCOPES_SUPPORTED", list(SUPPORTED_SCOPES))
+    server = AuthorizationServer(app, query_client=query_client, save_token=lambda token, request: None)
+    server.register_client_auth_method(PrivateKeyJwt.CLIENT_AUTH_METHOD, PrivateKeyJwt())
+    # PKCE: S256 only ("plain" is refused). Requiredness per client is decided in the
+    # authorization view (public clients always; confidential ones by default).
+    server.register_grant(CodeGrant, [OpenIDConnect(), S256CodeChallenge(required=True)])
+    server.register_grant(RefreshGrant)
+    server.register_grant(ClientCredentialsGrant)
+    server.register_endpoint(Introspection)
+    server.register_endpoint(Revocation)
+    server.register_extension(Issuer())
+    protector = ResourceProtector()
+    protector.register_token_validator(AccessTokenValidator())
+    server.register_endpoint(UserInfoClaims(resource_protector=protector))
+    return server, protector

@@ -1,0 +1,325 @@
+"""HTTP endpoints of the provider. Protocol decisions are authlib's and
+identity.oidc.server's; these views only connect them to pages and cookies."""
+
+from __future__ import annotations
+
+import json
+import secrets
+import time
+from typing import Any
+
+from authlib.common.urls import add_params_to_uri
+from authlib.oauth2 import OAuth2Error
+from authlib.oauth2.rfc6749 import InvalidRequestError
+from authlib.oidc.core.errors import ConsentRequiredError, LoginRequiredError
+from flask import (
+    Blueprint,
+    Response,
+
+    current_app,
+    redirect,
+    render_template,
+    request,
+    session,
+    url_for,
+)
+from flask_babel import gettext as _
+
+from identity import sso
+from identity.oidc.server import EndUser
+from identity.oidc.tokens import active_grants_for_session, revoke_grant
+from identity.services import db, services
+
+bp = Blueprint("oidc", __name__)
+
+# How long a started sign-in (the page between /authorize and the login form) is kept.
+INTERACTION_TTL = 30 * 60
+MAX_INTERACTIONS = 5
+
+
+def server() -> Any:
+    return current_app.extensions["congvu.oauth"]
+
+
+def _json(payload: Any, max_age: int = 0) -> Response:
+    response = Response(json.dumps(payload, ensure_ascii=False, separators=(",", ":")),
+                        mimetype="application/json")
+    if max_age:
+        response.headers["Cache-Control"] = f"public, max-age={max_age}"
+    return response
+
+
+def discovery_document() -> dict[str, Any]:
+    issuer = services().config.issuer
+    return {
+        "issuer": issuer,
+        "authorization_endpoint": issuer + "/authorize",
+        "token_endpoint": issuer + "/token",
+        "userinfo_endpoint": issuer + "/userinfo",
+        "jwks_uri": issuer + "/jwks",
+        "introspection_endpoint": issuer + "/introspect",
+        "revocation_endpoint": issuer + "/revoke",
+        "end_session_endpoint": issuer + "/logout",
+        "scopes_supported": ["openid", "profile", "email", "phone", "offline_access", "groups"],
+        "response_types_supported": ["code"],
+        "response_modes_supported": ["query"],
+        "grant_types_supported": ["authorization_code", "refresh_token", "client_credentials"],
+        "subject_types_supported": ["public"],
+        "id_token_signing_alg_values_supported": services().keyring.algorithms(),
+        "token_endpoint_auth_methods_supported": [
+            "client_secret_basic", "client_secret_post", "private_key_jwt", "none"],
+        "token_endpoint_auth_signing_alg_values_supported": ["RS256", "PS256", "ES256", "EdDSA"],
+        "introspection_endpoint_auth_methods_supported": [
+            "client_secret_basic", "client_secret_post", "private_key_jwt"],
+        "revocation_endpoint_auth_methods_supported": [
+            "client_secret_basic", "client_secret_post", "private_key_jwt", "none"],
+        "code_challenge_methods_supported": ["S256"],
+        "claims_supported": [
+            "sub", "iss", "aud", "exp", "iat", "auth_time", "nonce", "acr", "amr", "azp", "at_hash",
+            "sid", "name", "given_name", "family_name", "preferred_username", "locale",
+            "updated_at", "email", "email_verified", "phone_number", "phone_number_verified",
+            "groups"],
+        "claims_parameter_supported": False,
+        "request_parameter_supported": False,
+        "request_uri_parameter_supported": False,
+        "authorization_response_iss_parameter_supported": True,
+        "ui_locales_supported": ["vi", "en"],
+        "prompt_values_supported": ["none", "login", "consent"],
+    }
+
+
+@bp.get("/.well-known/openid-configuration")
+def openid_configuration() -> Response:
+    cached = current_app.extensions.get("congvu.discovery")
+    keys_version = services().keyring.algorithms()
+    if cached is None or cached[0] != keys_version:
+        body = json.dumps(discovery_document(), separators=(",", ":")).encode()
+        cached = current_app.extensions["congvu.discovery"] = (keys_version, body)
+    response = Response(cached[1], mimetype="application/json")
+    response.headers["Cache-Control"] = "public, max-age=300"
+    return response
+
+
+@bp.get("/jwks")
+def jwks() -> Response:
+    keyring = services().keyring
+    jwks_doc = keyring.jwks()
+    cached = current_app.extensions.get("congvu.jwks")
+    if cached is None or cached[0] is not jwks_doc:
+        cached = current_app.extensions["congvu.jwks"] = (
+            jwks_doc, json.dumps(jwks_doc, separators=(",", ":")).encode())
+    response = Response(cached[1], mimetype="application/jwk-set+json")
+    # Short: a key published as "next" must reach caches well before it signs.
+    response.headers["Cache-Control"] = "public, max-age=60"
+    return response
+
+
+# -- authorization ----------------------------------------------------------------------
+def error_page(title: str, message: str, status: int = 400) -> Response:
+    response = Response(render_template("error.html", title=title, message=message), status=status)
+    return response
+
+
+def authorization_error(error: OAuth2Error) -> Response:
+    """Redirect the error to the client when its redirect_uri was validated; otherwise
+    (unknown client, bad redirect_uri) show a page and never redirect."""
+    if not error.redirect_uri:
+        return error_page(_("This sign-in request cannot be served"),
+                          _("The application sent an invalid request (%(error)s). Please go back "
+                            "to the application and try again.", error=error.error))
+    params = [("error", error.error)]
+    if error.description:
+        params.append(("error_description", error.description))
+    state = request.values.get("state")
+    if state:
+        params.append(("state", state))
+    params.append(("iss", services().config.issuer))
+    return redirect(add_params_to_uri(error.redirect_uri, params), 302)
+
+
+def _interactions() -> dict[str, int]:
+    now = int(time.time())
+    stored = {k: v for k, v in session.get("interactions", {}).items() if now - v < INTERACTION_TTL}
+    return stored
+
+
+def start_interaction() -> str:
+    interactions = _interactions()
+    interaction_id = secrets.token_urlsafe(12)
+    interactions[interaction_id] = int(time.time())
+    # keep the newest few: a person may have several tabs signing in at once
+    newest = sorted(interactions.items(), key=lambda kv: kv[1])[-MAX_INTERACTIONS:]
+    session["interactions"] = dict(newest)
+    session["interaction_query"] = {**session.get("interaction_query", {}),
+                                    interaction_id: request.query_string.decode()}
+    session["interaction_query"] = {k: v for k, v in session["interaction_query"].items()
+                                    if k in session["interactions"]}
+    return interaction_id
+
+
+def signed_in_since_interaction(active: sso.ActiveSession | None) -> bool:
+    """True when this request resumes a sign-in that happened after it started: it then
+    satisfies prompt=login and max_age without asking again."""
+    interaction_id = request.args.get("congvu_interaction")
+    started = _interactions().get(interaction_id or "")
+    return bool(active and started is not None and active.row.auth_time >= started)
+
+
+def id_token_hint_claims() -> dict[str, Any] | None | bool:
+    """Claims of a valid id_token_hint we issued (expired is fine), None if absent,
+    False if present but not ours."""
+    hint = request.values.get("id_token_hint")
+    if not hint:
+        return None
+    claims = services().tokens.verify_own_jwt(hint, check_expiry=False)
+    return claims if claims is not None else False
+
+
+@bp.route("/authorize", methods=["GET", "POST"])
+def authorize() -> Response:
+    active = sso.current_session()
+    end_user = EndUser(active.user, active.row) if active else None
+    try:
+        grant = server().get_consent_grant(end_user=end_user)
+    except OAuth2Error as error:
+        return authorization_error(error)
+    client = grant.request.client
+    redirect_uri = grant.redirect_uri
+    params = request.args
+
+    challenge, method = params.get("code_challenge"), params.get("code_challenge_method")
+    if (client.is_public or client.row.require_pkce) and not challenge:
+        return authorization_error(InvalidRequestError(
+            "PKCE is required: send code_challenge with code_challenge_method=S256.",
+            redirect_uri=redirect_uri))
+    if challenge and method != "S256":
+        return authorization_error(InvalidRequestError(
+            "code_challenge_method must be S256.", redirect_uri=redirect_uri))
+
+    prompts = set((params.get("prompt") or "").split())
+    fresh = signed_in_since_interaction(active)
+    needs_login = active is None
+    if active is not None and not fresh:
+        if "login" in prompts:
+            needs_login = True
+        max_age = params.get("max_age")
+        if max_age is not None:
+            if not max_age.isdigit():
+                return authorization_error(InvalidRequestError(
+                    "max_age must be a whole number of seconds.", redirect_uri=redirect_uri))
+            if time.time() - active.row.auth_time > int(max_age):
+                needs_login = True
+        hinted = id_token_hint_claims()
+        if hinted is False:
+            return authorization_error(InvalidRequestError(
+                "id_token_hint was not issued by this provider.", redirect_uri=redirect_uri))
+        if hinted and hinted.get("sub") != active.user.sub:
+            needs_login = True
+    if needs_login:
+        if "none" in prompts:
+            return authorization_error(LoginRequiredError(redirect_uri=redirect_uri))
+        interaction_id = start_interaction()
+        session["login_hint"] = (params.get("login_hint") or "")[:255]
+        session["ui_locales"] = params.get("ui_locales") or ""
+        return redirect(url_for("login.login_form", i=interaction_id), 302)
+
+    assert active is not None and end_user is not None
+    if "consent" in prompts or not client.row.first_party:
+        if "none" in prompts:
+            return authorization_error(ConsentRequiredError(redirect_uri=redirect_uri))
+        if request.method == "GET":
+            return Response(render_template(
+                "consent.html", client=client.row, user=active.user,
+                scopes=grant.request.payload.scope.split(),
+                action=request.full_path), headers={"Cache-Control": "no-store"})
+        if request.form.get("decision") != "allow":
+            return server().create_authorization_response(grant=grant, grant_user=None)
+    return server().create_authorization_response(grant=grant, grant_user=end_user)
+
+
+# -- token, userinfo, introspection, revocation -----------------------------------------
+@bp.post("/token")
+def token() -> Response:
+    return server().create_token_response()
+
+
+@bp.route("/userinfo", methods=["GET", "POST"])
+def userinfo() -> Response:
+    return server().create_endpoint_response("userinfo")
+
+
+@bp.post("/introspect")
+def introspect() -> Response:
+    return server().create_endpoint_response("introspection")
+
+
+@bp.post("/revoke")
+def revoke() -> Response:
+    return server().create_endpoint_response("revocation")
+
+
+# -- RP-initiated logout ----------------------------------------------------------------
+@bp.route("/logout", methods=["GET", "POST"])
+def logout() -> Response:
+    """OpenID Connect RP-Initiated Logout 1.0.
+
+    With a valid id_token_hint the session ends at once; without one the official
+    confirms (a cross-site link alone must not sign anyone out). The post-logout
+    redirect happens only to a URI registered for that client, matched exactly.
+    """
+    values = request.values
+    hinted = id_token_hint_claims()
+    if hinted is False:
+        return error_page(_("Sign-out request not valid"),
+                          _("The application sent a sign-out request this service cannot verify."))
+    client_id = values.get("client_id")
+    hint_aud: list[str] = []
+    if hinted:
+        aud = hinted.get("aud")
+        hint_aud = [aud] if isinstance(aud, str) else list(aud or [])
+        if client_id and client_id not in hint_aud:
+            return error_page(_("Sign-out request not valid"),
+                              _("The application sent a sign-out request this service cannot verify."))
+    client_id = client_id or (hint_aud[0] if hint_aud else None)
+    from identity.models import Client
+
+    client = db().get(Client, client_id) if client_id else None
+    target = values.get("post_logout_redirect_uri")
+    redirect_to = None
+    if target and client is not None and target in client.post_logout_redirect_uris:
+        redirect_to = target
+        if values.get("state"):
+            redirect_to = add_params_to_uri(target, [("state", values["state"])])
+
+    active = sso.current_session(touch=False)
+    confirmed = request.method == "POST" and values.get("confirm") == "yes"
+    hint_matches = bool(hinted and active and hinted.get("sub") == active.user.sub)
+    if active is not None and not (hint_matches or confirmed):
+        return Response(render_template("logout_confirm.html", client=client, user=active.user,
+                                        action=request.full_path),
+                        headers={"Cache-Control": "no-store"})
+    if active is not None:
+        end_session(active)
+    response = redirect(redirect_to, 303) if redirect_to else Response(
+        render_template("logged_out.html", client=client))
+    sso.clear_cookie(response)
+    session.clear()
+    return response
+
+
+def end_session(active: sso.ActiveSession) -> None:
+    """End an SSO session and every grant made under it."""
+    session_db = db()
+    active.row.ended_at = int(time.time())
+    for grant in active_grants_for_session(session_db, active.row.sid):
+        revoke_grant(session_db, grant.id, "logout")
+
+
+@bp.app_errorhandler(405)
+def method_not_allowed(_error: Any) -> Response:
+    if request.path in ("/token", "/introspect", "/revoke"):
+        return _json({"error": "invalid_request",
+                      "error_description": "This endpoint accepts POST only."}), 405
+    return error_page(_("Not allowed"), _("This page cannot be used that way."), 405)
+
+

@@ -1,0 +1,95 @@
+"""The single sign-on session: the cookie, its row, and its timeouts.
+
+The cookie carries 256 random bits; the database keeps their SHA-256, so a copy of
+the database cannot be replayed as a cookie. A new sign-in always gets a new value
+(session fixation), and the timeouts come from policies.SessionPolicy.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+
+from flask import Response, request
+from sqlalchemy.orm import Session
+
+from identity.credentials import new_token, token_hash
+from identity.models import SsoSession, User
+from identity.services import db, services
+
+# Sent to the browser only over https (or loopback), never readable from scripts.
+SSO_COOKIE = "__Host-congvu_sso"
+SSO_COOKIE_INSECURE = "congvu_sso"  # for `secure_cookies = false` deployments only
+
+
+@dataclass
+class ActiveSession:
+    row: SsoSession
+    user: User
+
+
+def cookie_name() -> str:
+    return SSO_COOKIE if services().config["secure_cookies"] else SSO_COOKIE_INSECURE
+
+
+def current_session(session: Session | None = None, *, touch: bool = True) -> ActiveSession | None:
+    """The valid SSO session of this browser, or None (ended, timed out, user disabled)."""
+    value = request.cookies.get(cookie_name())
+    if not value or len(value) > 128:
+        return None
+    session = session or db()
+    row = session.get(SsoSession, token_hash(value))
+    if row is None or row.ended_at is not None:
+        return None
+    now = int(time.time())
+    decision = services().config.session_policy.check(
+        now=now, started_at=row.created_at, last_seen_at=row.last_seen_at)
+    if not decision:
+        row.ended_at = now
+        return None
+    user = session.get(User, row.user_id)
+    if user is None or user.disabled:
+        return None
+    if touch and now - row.last_seen_at >= 60:  # at most one write a minute per session
+        row.last_seen_at = now
+    return ActiveSession(row, user)
+
+
+def start_session(user: User, *, amr: list[str], acr: str | None) -> tuple[SsoSession, str]:
+    """End this browser's previous session and start a new one; returns (row, cookie value)."""
+    session = db()
+    end_current_session(session)
+    value = new_token(32)
+    now = int(time.time())
+    row = SsoSession(
+        id_hash=token_hash(value), sid=new_token(16), user_id=user.id, auth_time=now, amr=amr,
+        acr=acr, created_at=now, last_seen_at=now, ended_at=None,
+        ip=request.remote_addr, user_agent=(request.user_agent.string or "")[:512],
+    )
+    session.add(row)
+    return row, value
+
+
+def end_current_session(session: Session | None = None) -> SsoSession | None:
+    value = request.cookies.get(cookie_name())
+    if not value or len(value) > 128:
+        return None
+    session = session or db()
+    row = session.get(SsoSession, token_hash(value))
+    if row is not None and row.ended_at is None:
+        row.ended_at = int(time.time())
+        return row
+    return None
+
+
+def set_cookie(response: Response, value: str) -> None:
+    secure = services().config["secure_cookies"]
+    response.set_cookie(
+        cookie_name(), value, max_age=services().config.session_policy.absolute_timeout,
+        path="/", secure=secure, httponly=True, samesite="Lax",
+    )
+
+
+def clear_cookie(response: Response) -> None:
+    secure = services().config["secure_cookies"]
+    response.delete_cookie(cookie_name(), path="/", secure=secure, httponly=True, samesite="Lax")

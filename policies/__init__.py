@@ -1,0 +1,14 @@
+"""Declarative policies: typed, validated settings with shipped defaults.
+
+Each policy is an immutable dataclass; `clone(**changes)` returns a changed copy and
+validates it. Policies depend on nothing else in congvu, so identity/ and mailgw/ can
+both use them. Every decision a policy makes carries a dotted reason code
+(`password.too_short`, `session.idle_timeout`, ...) that the UI translates and the
+audit log records.
+"""
+
+from policies.base import Decision, PolicyError
+from policies.password_hash import PasswordHashPolicy
+from policies.session import SessionPolicy
+
+__all__ = ["Decision", "PolicyError", "PasswordHashPolicy", "SessionPolicy"]
