@@ -73,9 +73,10 @@ def prepare_instance(services: Services) -> None:
 
 
 def create_app(config: Config | None = None, *, prepare: bool = False, **overrides: Any) -> Flask:
-    config = config or load_config(overrides=overrides or None)
-    for warning in config.warnings:
-        log.warning("insecure setting: %s", warning)
+    if config is None:  # otherwise whoever loaded the config has shown its warnings
+        config = load_config(overrides=overrides or None)
+        for warning in config.warnings:
+            log.warning("insecure setting: %s", warning)
     services = build_services(config)
     if prepare:
         prepare_instance(services)

@@ -93,6 +93,15 @@ class LoopbackSession(requests.Session):
         super().__init__()
         self.cookies.set_policy(LoopbackSecurePolicy())
 
+    def prepare_request(self, request):  # type: ignore[no-untyped-def]
+        # requests merges cookies into a fresh jar with the default policy; give it
+        # ours and compute the Cookie header again (redirects copy this jar, policy too).
+        prepared = super().prepare_request(request)
+        prepared._cookies.set_policy(self.cookies.get_policy())
+        prepared.headers.pop("Cookie", None)
+        prepared.prepare_cookies(prepared._cookies)
+        return prepared
+
 
 def login_via_form(http: Any, login_url: str, username: str, password: str) -> Any:
     """GET the login page (following the redirect chain), POST the form, return the
