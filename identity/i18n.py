@@ -1,7 +1,8 @@
 """Vietnamese first, English on request.
 
 The language is, in order: `?lang=` on this request (remembered in a cookie), the
-`ui_locales` of the authorization request being served, the cookie, then the
+`ui_locales` of the authorization request being served (kept for its login page), the
+cookie, then the
 configured default (vi). The browser's Accept-Language is deliberately not used:
 officials' machines often run an English Windows while they work in Vietnamese.
 
@@ -15,7 +16,7 @@ from pathlib import Path
 
 from babel.messages.mofile import write_mo
 from babel.messages.pofile import read_po
-from flask import Flask, g, request
+from flask import Flask, g, request, session
 from flask_babel import Babel
 
 SUPPORTED_LOCALES = ("vi", "en")
@@ -53,8 +54,11 @@ def select_locale() -> str:
     chosen = first_supported(request.args.get("lang"))
     if chosen:
         g.lang_cookie = chosen
+        session.pop("ui_locales", None)  # the person's own choice outranks the application's
         return chosen
-    chosen = first_supported(request.args.get("ui_locales"))
+    # ui_locales of this authorization request, or of the one whose login page this is
+    chosen = first_supported(request.args.get("ui_locales")) or first_supported(
+        session.get("ui_locales"))
     if chosen:
         return chosen
     return first_supported(request.cookies.get(LANG_COOKIE)) or services().config["default_locale"]

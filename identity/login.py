@@ -69,7 +69,7 @@ def login_submit() -> Response:
     session.clear()
     session.update(keep)
     g.pop("csrf_token", None)  # Flask-WTF's per-request cache: the next form gets a new token
-    _row, cookie_value = sso.start_session(user, amr=["pwd"], acr=None)
+    _row, cookie_value = sso.start_session(user, amr=["pwd"], acr=sso.ACR_SINGLE_FACTOR)
     response = redirect(resume, 303)
     sso.set_cookie(response, cookie_value)
     return response

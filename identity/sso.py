@@ -21,6 +21,10 @@ from identity.services import db, services
 SSO_COOKIE = "__Host-congvu_sso"
 SSO_COOKIE_INSECURE = "congvu_sso"  # for `secure_cookies = false` deployments only
 
+# Authentication context classes (the `acr` claim): one factor, or more than one.
+ACR_SINGLE_FACTOR = "urn:congvu:acr:1"
+ACR_MULTI_FACTOR = "urn:congvu:acr:2"
+
 
 @dataclass
 class ActiveSession:

@@ -65,6 +65,7 @@ def discovery_document() -> dict[str, Any]:
         "response_modes_supported": ["query"],
         "grant_types_supported": ["authorization_code", "refresh_token", "client_credentials"],
         "subject_types_supported": ["public"],
+        "acr_values_supported": [sso.ACR_SINGLE_FACTOR, sso.ACR_MULTI_FACTOR],
         "id_token_signing_alg_values_supported": services().keyring.algorithms(),
         "token_endpoint_auth_methods_supported": [
             "client_secret_basic", "client_secret_post", "private_key_jwt", "none"],
