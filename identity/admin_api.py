@@ -8,9 +8,10 @@ served at /admin/api/openapi.json.
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from functools import wraps
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from flask import Blueprint, Response, jsonify, request
 from sqlalchemy import select
@@ -23,7 +24,12 @@ from identity.accounts import (
     get_groups,
     set_disabled,
 )
-from identity.clients import ClientRegistrationError, describe_client, register_client, rotate_secret
+from identity.clients import (
+    ClientRegistrationError,
+    describe_client,
+    register_client,
+    rotate_secret,
+)
 from identity.credentials import token_hash
 from identity.models import AdminToken, Client, User
 from identity.services import db, services
@@ -180,6 +186,7 @@ def remove_client(client_id: str) -> Response:
     if isinstance(client, Response):
         return client
     db().delete(client)
+    services().client_cache.invalidate(client_id)
     return Response(status=204)
 
 
@@ -190,4 +197,5 @@ def rotate_client_secret(client_id: str) -> Response:
     if isinstance(client, Response):
         return client
     secret = rotate_secret(db(), services().secret_hasher, client)
+    services().client_cache.invalidate(client_id)
     return jsonify(client_id=client.client_id, client_secret=secret)

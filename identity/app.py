@@ -13,6 +13,7 @@ from flask_wtf.csrf import CSRFError, CSRFProtect
 from werkzeug.exceptions import HTTPException
 from werkzeug.middleware.proxy_fix import ProxyFix
 
+from identity.clients import ClientCache
 from identity.config import Config, load_config
 from identity.credentials import Passwords, SecretHasher
 from identity.db import Database
@@ -61,6 +62,7 @@ def build_services(config: Config) -> Services:
         id_token_ttl=config["tokens.id_token_ttl"],
         refresh_token_ttl=config["tokens.refresh_token_ttl"]))
     return Services(config=config, database=database, keyring=keyring, tokens=tokens,
+                    client_cache=ClientCache(config["clients.cache_seconds"]),
                     secret_hasher=SecretHasher(config.master_key.derive("client-secret-pepper")),
                     passwords=Passwords(config.password_hash_policy))
 
@@ -105,8 +107,8 @@ def create_app(config: Config | None = None, *, prepare: bool = False, **overrid
 
     from identity.admin_api import bp as admin_bp
     from identity.login import bp as login_bp
-    from identity.oidc.server import build_authorization_server
     from identity.oidc import views as oidc_views
+    from identity.oidc.server import build_authorization_server
 
     oauth_server, _protector = build_authorization_server(app)
     app.extensions["congvu.oauth"] = oauth_server

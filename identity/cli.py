@@ -39,6 +39,11 @@ class Context:
             self._services = build_services(config)
         return self._services
 
+    def close(self) -> None:
+        """Release the database connections a command opened."""
+        if self._services is not None:
+            self._services.database.dispose()
+
 
 pass_context = click.make_pass_decorator(Context)
 
@@ -73,6 +78,7 @@ def read_password_stdin() -> str:
 def main(ctx: click.Context, data_dir: str | None) -> None:
     """congvu: the province's sign-in and official-mail platform."""
     ctx.obj = Context(data_dir)
+    ctx.call_on_close(ctx.obj.close)
 
 
 # -- running ----------------------------------------------------------------------------

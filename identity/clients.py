@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import ipaddress
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from urllib.parse import urlsplit, urlunsplit
 
@@ -78,8 +79,16 @@ def validate_redirect_uri(uri: str, field: str = "redirect_uri") -> str:
 def redirect_uri_matches(registered: list[str], presented: str) -> bool:
     if presented in registered:
         return True
-    parts = urlsplit(presented)
+    try:
+        parts = urlsplit(presented)
+        parts.port  # noqa: B018 - raises ValueError on a malformed port
+    except ValueError:
+        return False
     if parts.scheme != "http" or not _is_loopback_ip(parts.hostname):
+        return False
+    # Only the port may differ: user information or a fragment (which the portless
+    # comparison below would drop) makes it another URI.
+    if parts.username is not None or parts.password is not None or "#" in presented:
         return False
     # RFC 8252 §7.3: ignore the port for loopback IP redirects, compare the rest exactly.
     host = parts.hostname if ":" not in (parts.hostname or "") else f"[{parts.hostname}]"
@@ -173,6 +182,34 @@ def describe_client(client: Client) -> dict:
         "public": client.token_endpoint_auth_method == "none",
         "created_at": client.created_at,
     }
+
+
+class ClientCache:
+    """Client rows by id, kept for a few seconds, so the token endpoint's hot path reads
+    no database. A change made through this process (admin API) is seen at once; one
+    made elsewhere (CLI, another node) within `clients.cache_seconds`. Unknown ids are
+    not cached: a client registered a moment ago works at once everywhere."""
+
+    MAX_ENTRIES = 10_000
+
+    def __init__(self, ttl_seconds: float) -> None:
+        self._ttl = ttl_seconds
+        self._entries: dict[str, tuple[float, Client]] = {}
+
+    def get(self, client_id: str, load: Callable[[], Client | None]) -> Client | None:
+        now = time.monotonic()
+        hit = self._entries.get(client_id)
+        if hit is not None and now - hit[0] < self._ttl:
+            return hit[1]
+        row = load()
+        if row is not None and self._ttl > 0:
+            if len(self._entries) >= self.MAX_ENTRIES:
+                self._entries.clear()
+            self._entries[client_id] = (now, row)
+        return row
+
+    def invalidate(self, client_id: str) -> None:
+        self._entries.pop(client_id, None)
 
 
 class OAuthClient(ClientMixin):

@@ -75,6 +75,10 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("tokens.client_assertion_max_age", int, 300,
             "Longest lifetime accepted for a private_key_jwt client assertion, seconds.",
             minimum=30, maximum=3600),
+    Setting("clients.cache_seconds", int, 5,
+            "How long a node caches a client's registration. A secret rotated or a client "
+            "removed elsewhere (CLI, another node) takes effect within it; 0 turns the cache off.",
+            minimum=0, maximum=300),
     Setting("keys.cache_seconds", int, 10,
             "How long a node caches the key set; a rotation elsewhere is seen within it.",
             minimum=0, maximum=3600),

@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from flask import current_app, g
 from sqlalchemy.orm import Session
 
+from identity.clients import ClientCache
 from identity.config import Config
 from identity.credentials import Passwords, SecretHasher
 from identity.db import Database
@@ -25,6 +26,7 @@ class Services:
     database: Database
     keyring: KeyRing
     tokens: TokenService
+    client_cache: ClientCache
     secret_hasher: SecretHasher = field(repr=False)
     passwords: Passwords = field(repr=False)
 

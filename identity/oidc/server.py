@@ -55,9 +55,17 @@ class EndUser:
 
 
 def query_client(client_id: str) -> OAuthClient | None:
-    if not isinstance(client_id, str) or len(client_id) > 128:
+    if not isinstance(client_id, str) or not client_id or len(client_id) > 128:
         return None
-    row = db().get(Client, client_id)
+
+    def load() -> Client | None:
+        session = db()
+        row = session.get(Client, client_id)
+        if row is not None:
+            session.expunge(row)  # shared between requests and threads: read-only, detached
+        return row
+
+    row = services().client_cache.get(client_id, load)
     return OAuthClient(row, services().secret_hasher) if row else None
 
 

@@ -15,7 +15,6 @@ from authlib.oidc.core.errors import ConsentRequiredError, LoginRequiredError
 from flask import (
     Blueprint,
     Response,
-
     current_app,
     redirect,
     render_template,
