@@ -37,6 +37,14 @@ setup_debian() {
     fi
 }
 
+# The openid-client end-to-end test (tests/e2e_node) runs where node is installed.
+setup_node() {
+    if command -v npm >/dev/null 2>&1 && [ ! -d tests/e2e_node/node_modules ]; then
+        npm ci --silent --no-audit --no-fund --prefix tests/e2e_node \
+            || echo "note: npm ci failed; the openid-client test will be skipped" >&2
+    fi
+}
+
 postgres_answers() {
     "$VENV/bin/python" - <<'PY'
 import socket, sys
@@ -57,6 +65,7 @@ case "${1:-}" in
         shift
         setup_python
         setup_debian
+        setup_node
         if [ -z "${CONGVU_TEST_DATABASE_URL:-}" ] && postgres_answers; then
             export CONGVU_TEST_DATABASE_URL="postgresql://postgres@127.0.0.1:5432/test"
         fi

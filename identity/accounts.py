@@ -31,6 +31,8 @@ def normalise_password(password: str) -> str:
 
 
 def find_user(session: Session, username: str) -> User | None:
+    if "\x00" in username:  # no account has one, and PostgreSQL text cannot hold it
+        return None
     return session.scalar(select(User).where(User.username == normalise_username(username)))
 
 

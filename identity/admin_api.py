@@ -32,7 +32,7 @@ from identity.clients import (
 )
 from identity.credentials import token_hash
 from identity.models import AdminToken, Client, User
-from identity.services import db, services
+from identity.services import db, discard_request_session, services
 
 bp = Blueprint("admin_api", __name__, url_prefix="/admin/api")
 OPENAPI = Path(__file__).parent / "openapi.json"
@@ -76,9 +76,28 @@ def _strings(data: dict[str, Any], key: str) -> list[str]:
     return value
 
 
+def _string(data: dict[str, Any], key: str, default: str | None = "") -> str | None:
+    """A string member (null allowed only where the default is None)."""
+    value = data.get(key, default)
+    if value is None and default is None:
+        return None
+    if not isinstance(value, str):
+        raise AccountError(key, "must be a string")
+    return value
+
+
+def _flag(data: dict[str, Any], key: str, default: bool) -> bool:
+    """A boolean member: "false" or 0 must not be read as true."""
+    value = data.get(key, default)
+    if not isinstance(value, bool):
+        raise AccountError(key, "must be true or false")
+    return value
+
+
 @bp.errorhandler(AccountError)
 @bp.errorhandler(ClientRegistrationError)
 def _invalid(error: AccountError | ClientRegistrationError) -> Response:
+    discard_request_session()  # a refused request changes nothing, even half-way through
     return _problem(400, "invalid_request", str(error))
 
 
@@ -104,11 +123,11 @@ def add_user() -> tuple[Response, int]:
     if password is not None and not isinstance(password, str):
         raise AccountError("password", "must be a string")
     user = create_user(
-        db(), services().passwords, username=str(data.get("username", "")), password=password,
-        name=str(data.get("name", "")), given_name=str(data.get("given_name", "")),
-        family_name=str(data.get("family_name", "")), email=data.get("email"),
-        phone_number=data.get("phone_number"), groups=_strings(data, "groups"),
-        is_admin=bool(data.get("is_admin", False)),
+        db(), services().passwords, username=_string(data, "username"), password=password,
+        name=_string(data, "name"), given_name=_string(data, "given_name"),
+        family_name=_string(data, "family_name"), email=_string(data, "email", None),
+        phone_number=_string(data, "phone_number", None), groups=_strings(data, "groups"),
+        is_admin=_flag(data, "is_admin", False),
     )
     return jsonify(describe_user(user)), 201
 
@@ -132,13 +151,16 @@ def change_user(username: str) -> Response:
     if isinstance(user, Response):
         return user
     data = _body()
-    for key in ("name", "given_name", "family_name", "email", "phone_number"):
+    for key in ("name", "given_name", "family_name"):
         if key in data:
-            setattr(user, key, data[key])
+            setattr(user, key, _string(data, key))
+    for key in ("email", "phone_number"):
+        if key in data:
+            setattr(user, key, _string(data, key, None))
     if "groups" in data:
         user.groups = get_groups(db(), _strings(data, "groups"))
     if "disabled" in data:
-        set_disabled(db(), user, bool(data["disabled"]))
+        set_disabled(db(), user, _flag(data, "disabled", False))
     return jsonify(describe_user(user))
 
 
@@ -154,12 +176,13 @@ def list_clients() -> Response:
 def add_client() -> tuple[Response, int]:
     data = _body()
     registered = register_client(
-        db(), services().secret_hasher, name=str(data.get("client_name", "")),
+        db(), services().secret_hasher, name=_string(data, "client_name"),
         redirect_uris=_strings(data, "redirect_uris"),
         post_logout_redirect_uris=_strings(data, "post_logout_redirect_uris"),
-        grant_types=_strings(data, "grant_types"), public=bool(data.get("public", False)),
-        auth_method=data.get("token_endpoint_auth_method"), scope=data.get("scope"),
-        jwks=data.get("jwks"), first_party=bool(data.get("first_party", True)),
+        grant_types=_strings(data, "grant_types"), public=_flag(data, "public", False),
+        auth_method=_string(data, "token_endpoint_auth_method", None),
+        scope=_string(data, "scope", None), jwks=data.get("jwks"),
+        first_party=_flag(data, "first_party", True),
     )
     body = describe_client(registered.client)
     if registered.client_secret:

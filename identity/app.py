@@ -7,6 +7,7 @@ from typing import Any
 from urllib.parse import urlencode
 
 from flask import Flask, Response, jsonify, request
+from flask.sessions import SecureCookieSessionInterface
 from flask_babel import get_locale
 from flask_babel import gettext as _
 from flask_wtf.csrf import CSRFError, CSRFProtect
@@ -51,6 +52,43 @@ SCOPE_LABELS = {
     "offline_access": N_("Access while you are signed out"),
     "groups": N_("Your units and groups"),
 }
+
+
+class SecurityHeaders:
+    """WSGI middleware adding SECURITY_HEADERS to every answer, and `no-store` to pages.
+
+    Written as middleware rather than an after_request hook because werkzeug's header
+    object costs tens of microseconds per header operation, on every request including
+    the token endpoint's hot path; here it is one pass over a list.
+    """
+
+    def __init__(self, wsgi_app: Any) -> None:
+        self.wsgi_app = wsgi_app
+        self.names = {name.lower() for name in SECURITY_HEADERS}
+
+    def __call__(self, environ: dict, start_response: Any) -> Any:
+        def add_headers(status: str, headers: list[tuple[str, str]], exc_info: Any = None) -> Any:
+            present = {name.lower(): value for name, value in headers}
+            for name, value in SECURITY_HEADERS.items():
+                if name.lower() not in present:
+                    headers.append((name, value))
+            if present.get("content-type", "").startswith("text/html") and (
+                    "cache-control" not in present):
+                headers.append(("Cache-Control", "no-store"))
+            return start_response(status, headers, exc_info)
+
+        return self.wsgi_app(environ, add_headers)
+
+
+class FastSessionInterface(SecureCookieSessionInterface):
+    """Flask builds a new signing serializer (and its HMAC key) on every request; the
+    key never changes for an app, so build it once."""
+
+    def get_signing_serializer(self, app: Flask):  # type: ignore[no-untyped-def]
+        cached = getattr(self, "_serializer", None)
+        if cached is None or cached[0] != app.secret_key:
+            cached = self._serializer = (app.secret_key, super().get_signing_serializer(app))
+        return cached[1]
 
 
 def build_services(config: Config) -> Services:
@@ -98,6 +136,8 @@ def create_app(config: Config | None = None, *, prepare: bool = False, **overrid
         MAX_CONTENT_LENGTH=1024 * 1024,
         JSON_AS_ASCII=False,
     )
+    app.session_interface = FastSessionInterface()
+    app.wsgi_app = SecurityHeaders(app.wsgi_app)  # type: ignore[method-assign]
     if config["trusted_proxy_count"]:
         app.wsgi_app = ProxyFix(app.wsgi_app, x_for=config["trusted_proxy_count"],
                                 x_proto=config["trusted_proxy_count"])  # type: ignore[method-assign]
@@ -134,10 +174,6 @@ def create_app(config: Config | None = None, *, prepare: bool = False, **overrid
     @app.after_request
     def _finish(response: Response) -> Response:
         commit_request_session()
-        for header, value in SECURITY_HEADERS.items():
-            response.headers.setdefault(header, value)
-        if response.mimetype == "text/html":
-            response.headers.setdefault("Cache-Control", "no-store")
         return response
 
     @app.teardown_request

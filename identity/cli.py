@@ -12,6 +12,7 @@ import json
 import os
 import sys
 import time
+from pathlib import Path
 from typing import Any
 
 import click
@@ -71,7 +72,23 @@ def read_password_stdin() -> str:
     return password
 
 
-@click.group()
+class _Main(click.Group):
+    """Database failures (server unreachable, schema missing) end with a one-line
+    message, not a traceback."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        from sqlalchemy.exc import DBAPIError
+
+        try:
+            return super().invoke(ctx)
+        except DBAPIError as error:
+            reason = str(error.orig).strip().splitlines()[0] if error.orig else type(error).__name__
+            raise click.ClickException(
+                f"database: {reason} (is the database reachable, and has "
+                "`congvu db upgrade` been run?)") from None
+
+
+@click.group(cls=_Main)
 @click.option("--data", "data_dir", envvar="CONGVU_DATA_DIR", default=None,
               help="Instance folder: database, keys, congvu.toml (env CONGVU_DATA_DIR).")
 @click.pass_context
@@ -331,7 +348,12 @@ def client_add(obj: Context, name: str, redirect_uris: tuple[str, ...], post_log
     """Register a client; prints client_id and, this once, client_secret."""
     from identity.clients import ClientRegistrationError, describe_client, register_client
 
-    jwks = json.loads(open(jwks_file, encoding="utf-8").read()) if jwks_file else None
+    jwks = None
+    if jwks_file:
+        try:
+            jwks = json.loads(Path(jwks_file).read_text(encoding="utf-8"))
+        except (ValueError, OSError) as error:
+            raise click.ClickException(f"jwks: cannot read {jwks_file} as JSON ({error})") from None
     try:
         with obj.services.database.session() as session:
             registered = register_client(

@@ -14,6 +14,8 @@ from dataclasses import dataclass
 from urllib.parse import urlsplit, urlunsplit
 
 from authlib.oauth2.rfc6749 import ClientMixin, list_to_scope, scope_to_list
+from joserfc.errors import JoseError
+from joserfc.jwk import KeySet
 from sqlalchemy.orm import Session
 
 from identity.credentials import SecretHasher, new_token
@@ -102,6 +104,22 @@ def redirect_uri_matches(registered: list[str], presented: str) -> bool:
     return False
 
 
+def validate_jwks(jwks: object) -> dict:
+    """A client's JWK Set for private_key_jwt: public asymmetric keys only."""
+    keys = jwks.get("keys") if isinstance(jwks, dict) else None
+    if not isinstance(keys, list) or not keys or not all(isinstance(k, dict) for k in keys):
+        raise ClientRegistrationError("jwks", 'must be a JWK Set: an object with a non-empty "keys" list')
+    if any(k.get("kty") not in ("RSA", "EC", "OKP") for k in keys):
+        raise ClientRegistrationError("jwks", "only RSA, EC and OKP public keys are accepted")
+    try:
+        key_set = KeySet.import_key_set(jwks)  # type: ignore[arg-type]
+    except (JoseError, ValueError, TypeError) as error:
+        raise ClientRegistrationError("jwks", f"not a valid JWK Set ({error})") from None
+    if any(key.is_private for key in key_set):
+        raise ClientRegistrationError("jwks", "must hold public keys only, never a private key")
+    return jwks  # type: ignore[return-value]
+
+
 @dataclass
 class RegisteredClient:
     client: Client
@@ -131,8 +149,10 @@ def register_client(session: Session, hasher: SecretHasher, *, name: str,
                                       "a public client authenticates with 'none', and only it does")
     if public and "client_credentials" in grant_types:
         raise ClientRegistrationError("grant_types", "a public client cannot use client_credentials")
-    if auth_method == "private_key_jwt" and not (jwks and jwks.get("keys")):
+    if auth_method == "private_key_jwt" and not jwks:
         raise ClientRegistrationError("jwks", "private_key_jwt needs the client's public keys")
+    if jwks is not None:
+        jwks = validate_jwks(jwks)
     redirect_uris = [validate_redirect_uri(u) for u in redirect_uris]
     post_logout = [validate_redirect_uri(u, "post_logout_redirect_uri")
                    for u in post_logout_redirect_uris]

@@ -182,7 +182,9 @@ def load_config(data_dir: str | Path | None = None, overrides: dict[str, Any] | 
             file_values = _flatten(tomllib.loads(config_path.read_text(encoding="utf-8")))
         except tomllib.TOMLDecodeError as error:
             raise ConfigError(f"{config_path}: not valid TOML ({error})") from None
-    policy_tables = file_values.pop("policies", {}) or {}
+    policy_tables = file_values.pop("policies", {})
+    if not isinstance(policy_tables, dict):
+        raise ConfigError(f"policies: must be a table of [policies.<name>] sections ({config_path})")
 
     for key, raw in file_values.items():
         if key not in _BY_KEY:
@@ -212,6 +214,8 @@ def load_config(data_dir: str | Path | None = None, overrides: dict[str, Any] | 
         if isinstance(table, policy_type):
             policies[section] = table
             continue
+        if not isinstance(table, dict):
+            raise ConfigError(f"policies.{section}: must be a table of settings, got {table!r}")
         try:
             policies[section] = policy_type.from_mapping(table, f"policies.{section}")
         except PolicyError as error:
@@ -235,6 +239,8 @@ def _load_master_key(env: dict[str, str] | os._Environ[str], values: dict[str, A
         key, created = load_or_create_master_key_file(path)
     except MasterKeyError as error:
         raise ConfigError(f"master_key: {error}") from None
+    except OSError as error:
+        raise ConfigError(f"master_key: cannot read or create {path} ({error.strerror})") from None
     if not values["master_key_file"]:
         warnings.append(
             f"master key kept beside the data in {path}"

@@ -15,12 +15,29 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
+from joserfc.jwa import EdDSAAlgorithm
 from joserfc.jwk import ECKey, OKPKey, RSAKey
+from joserfc.jws import JWSRegistry
 
 from keys.master import MasterKey
 
 SIGNING_ALGORITHMS = ("RS256", "ES256", "EdDSA")
 NEXT, CURRENT, RETIRED = "next", "current", "retired"
+
+
+class _EdDSA(EdDSAAlgorithm):
+    """RFC 8037's `EdDSA`, without joserfc's deprecation warning on every use.
+
+    RFC 9864 deprecates the name in favour of the fully specified `Ed25519`, but relying
+    parties (openid-client, mod_auth_openidc, ...) still know only `EdDSA`, so we sign
+    and verify with it on purpose. joserfc's warning would otherwise fire on each
+    signature (authlib's ID tokens included) and fail any run with warnings as errors.
+    """
+
+    security_warning = None
+
+
+JWSRegistry.register(_EdDSA())
 
 Key = RSAKey | ECKey | OKPKey
 

@@ -14,7 +14,15 @@ from dataclasses import dataclass
 from typing import Any
 
 from authlib.integrations.flask_oauth2 import AuthorizationServer, ResourceProtector
-from authlib.oauth2.rfc6749 import InvalidClientError, grants, scope_to_list
+from authlib.oauth2.base import invalid_error_characters
+from authlib.oauth2.rfc6749 import (
+    InvalidClientError,
+    InvalidRequestError,
+    InvalidScopeError,
+    UnsupportedResponseTypeError,
+    grants,
+    scope_to_list,
+)
 from authlib.oauth2.rfc6750 import BearerTokenValidator
 from authlib.oauth2.rfc7009 import RevocationEndpoint
 from authlib.oauth2.rfc7523 import JWTBearerClientAssertion
@@ -25,7 +33,7 @@ from authlib.oidc.core import UserInfo, UserInfoEndpoint
 from authlib.oidc.core.grants import OpenIDCode
 from joserfc import jwt
 from joserfc.errors import JoseError
-from sqlalchemy import update
+from sqlalchemy import select, update
 from sqlalchemy.exc import IntegrityError
 
 from identity.accounts import user_claims
@@ -56,6 +64,8 @@ class EndUser:
 
 def query_client(client_id: str) -> OAuthClient | None:
     if not isinstance(client_id, str) or not client_id or len(client_id) > 128:
+        return None
+    if "\x00" in client_id:  # PostgreSQL text cannot hold NUL: the lookup would fail, not miss
         return None
 
     def load() -> Client | None:
@@ -111,6 +121,15 @@ class S256CodeChallenge(CodeChallenge):
 
 class CodeGrant(grants.AuthorizationCodeGrant):
     TOKEN_ENDPOINT_AUTH_METHODS = TOKEN_AUTH_METHODS
+
+    @staticmethod
+    def validate_authorization_redirect_uri(request: Any, client: OAuthClient) -> str:
+        # authlib quotes a refused redirect_uri into the error description, then refuses
+        # (ValueError: a 500) a description holding \, " or non-ASCII characters.
+        uri = request.payload.redirect_uri
+        if uri and not client.check_redirect_uri(uri):
+            raise InvalidRequestError("The redirect_uri is not registered for this client.")
+        return grants.AuthorizationCodeGrant.validate_authorization_redirect_uri(request, client)
 
     def save_authorization_code(self, code: str, request: Any) -> None:
         end_user: EndUser = request.user
@@ -237,6 +256,19 @@ class RefreshGrant(grants.RefreshTokenGrant):
         row = tokens.find_refresh_token(session, refresh_token) if isinstance(refresh_token, str) else None
         if row is None or row.revoked_at is not None:
             return None
+        # What validation refuses anyway is refused before the token is consumed: a
+        # refused request must not burn it (the honest client's next refresh would then
+        # look like reuse and end its grant).
+        if row.client_id != self.request.client.client_id:
+            return None
+        requested = self.request.payload.scope
+        if requested and not set(scope_to_list(requested)) <= set(scope_to_list(row.scope)):
+            raise InvalidScopeError()
+        # Lock the grant row first, as revoke_grant does: one lock order (grant, then its
+        # tokens), else concurrent uses of one token deadlock on PostgreSQL (a loser keeps
+        # the token row it waited for, then wants the grant a revoker holds).
+        session.execute(select(Grant.id).where(Grant.id == row.grant_id)
+                        .with_for_update(key_share=True))
         if not tokens.consume_refresh_token(session, row):
             revoke_grant(session, row.grant_id, "refresh_token_reuse")
             return None
@@ -314,7 +346,7 @@ class PrivateKeyJwt(JWTBearerClientAssertion):
         return token.claims
 
     def validate_jti(self, claims: dict, jti: Any) -> bool:
-        if not isinstance(jti, str) or not jti or len(jti) > 255:
+        if not isinstance(jti, str) or not jti or len(jti) > 255 or "\x00" in jti:
             return False
         session = db()
         try:
@@ -474,9 +506,19 @@ class Issuer(IssuerParameter):
         return services().config.issuer
 
 
+class OAuthServer(AuthorizationServer):
+    def get_authorization_grant(self, request: Any) -> Any:
+        # authlib quotes an unknown response_type into the error description, then
+        # refuses (ValueError: a 500) a description holding \, " or non-ASCII characters.
+        response_type = request.payload.response_type
+        if isinstance(response_type, str) and invalid_error_characters(response_type):
+            raise UnsupportedResponseTypeError(response_type)
+        return super().get_authorization_grant(request)
+
+
 def build_authorization_server(app: Any) -> tuple[AuthorizationServer, ResourceProtector]:
     app.config.setdefault("OAUTH2_SCOPES_SUPPORTED", list(SUPPORTED_SCOPES))
-    server = AuthorizationServer(app, query_client=query_client, save_token=lambda token, request: None)
+    server = OAuthServer(app, query_client=query_client, save_token=lambda token, request: None)
     server.register_client_auth_method(PrivateKeyJwt.CLIENT_AUTH_METHOD, PrivateKeyJwt())
     # PKCE: S256 only ("plain" is refused). Requiredness per client is decided in the
     # authorization view (public clients always; confidential ones by default).

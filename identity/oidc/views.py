@@ -11,7 +11,12 @@ from typing import Any
 from authlib.common.urls import add_params_to_uri
 from authlib.oauth2 import OAuth2Error
 from authlib.oauth2.rfc6749 import InvalidRequestError
-from authlib.oidc.core.errors import ConsentRequiredError, LoginRequiredError
+from authlib.oidc.core.errors import (
+    ConsentRequiredError,
+    LoginRequiredError,
+    RequestNotSupportedError,
+    RequestURINotSupportedError,
+)
 from flask import (
     Blueprint,
     Response,
@@ -186,6 +191,14 @@ def authorize() -> Response:
     client = grant.request.client
     redirect_uri = grant.redirect_uri
     params = request.args
+    if any("\x00" in value for _name, value in params.items(multi=True)):  # PostgreSQL text cannot store it
+        return authorization_error(InvalidRequestError(
+            "Parameters must not contain NUL characters.", redirect_uri=redirect_uri))
+    # OIDC Core §6: an OP without request objects must say so, not ignore them.
+    if "request" in params:
+        return authorization_error(RequestNotSupportedError(redirect_uri=redirect_uri))
+    if "request_uri" in params:
+        return authorization_error(RequestURINotSupportedError(redirect_uri=redirect_uri))
 
     challenge, method = params.get("code_challenge"), params.get("code_challenge_method")
     if (client.is_public or client.row.require_pkce) and not challenge:
@@ -204,7 +217,7 @@ def authorize() -> Response:
             needs_login = True
         max_age = params.get("max_age")
         if max_age is not None:
-            if not max_age.isdigit():
+            if not (max_age.isascii() and max_age.isdigit()):  # "²".isdigit(), int("²") fails
                 return authorization_error(InvalidRequestError(
                     "max_age must be a whole number of seconds.", redirect_uri=redirect_uri))
             if time.time() - active.row.auth_time > int(max_age):
@@ -283,7 +296,7 @@ def logout() -> Response:
     client_id = client_id or (hint_aud[0] if hint_aud else None)
     from identity.models import Client
 
-    client = db().get(Client, client_id) if client_id else None
+    client = db().get(Client, client_id) if client_id and "\x00" not in client_id else None
     target = values.get("post_logout_redirect_uri")
     redirect_to = None
     if target and client is not None and target in client.post_logout_redirect_uris:
@@ -320,6 +333,12 @@ def method_not_allowed(_error: Any) -> Response:
     if request.path in ("/token", "/introspect", "/revoke"):
         return _json({"error": "invalid_request",
                       "error_description": "This endpoint accepts POST only."}), 405
+    if request.path.startswith("/admin/api/"):  # a JSON API answers in JSON
+        response = _json({"error": "invalid_request",
+                          "error_description": "This method is not allowed here."})
+        response.status_code = 405
+        response.headers["Allow"] = ", ".join(sorted(getattr(_error, "valid_methods", None) or []))
+        return response
     return error_page(_("Not allowed"), _("This page cannot be used that way."), 405)
 
 
