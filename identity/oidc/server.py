@@ -9,7 +9,6 @@ private_key_jwt.
 from __future__ import annotations
 
 import time
-import uuid
 from dataclasses import dataclass
 from typing import Any
 
@@ -48,7 +47,7 @@ from identity.models import (
     UsedClientAssertion,
     User,
 )
-from identity.oidc.tokens import revoke_grant
+from identity.oidc.tokens import revoke_grant, start_grant
 from identity.services import db, services
 
 TOKEN_AUTH_METHODS = ["client_secret_basic", "client_secret_post", "private_key_jwt", "none"]
@@ -138,14 +137,9 @@ class CodeGrant(grants.AuthorizationCodeGrant):
         scope = client.get_allowed_scope(request.payload.scope)
         if "offline_access" in scope_to_list(scope) and not client.check_grant_type("refresh_token"):
             scope = " ".join(s for s in scope_to_list(scope) if s != "offline_access")
-        grant = Grant(
-            id=uuid.uuid4().hex, user_id=end_user.user.id, client_id=client.client_id, scope=scope,
-            sid=end_user.sso.sid, auth_time=end_user.sso.auth_time, amr=list(end_user.sso.amr),
-            acr=end_user.sso.acr, created_at=now, revoked_at=None, revoked_reason=None,
-        )
         session = db()
-        session.add(grant)
-        session.flush()  # the code row refers to the grant; no ORM relationship orders them
+        grant = start_grant(session, user=end_user.user, client_id=client.client_id, scope=scope,
+                            sso=end_user.sso, now=now)
         session.add(AuthorizationCode(
             code_hash=token_hash(code), grant_id=grant.id, client_id=client.client_id,
             redirect_uri=request.payload.redirect_uri or client.get_default_redirect_uri() or "",

@@ -20,7 +20,7 @@ from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
 from identity.credentials import new_token, token_hash
-from identity.models import Grant, RefreshToken, RevokedAccessToken
+from identity.models import Grant, RefreshToken, RevokedAccessToken, SsoSession, User
 from keys.ring import KeyRing
 
 ACCESS_TOKEN_TYPE = "at+jwt"
@@ -154,6 +154,20 @@ class TokenService:
             .values(used_at=int(time.time()))
         )
         return result.rowcount == 1
+
+
+def start_grant(session: Session, *, user: User, client_id: str, scope: str, sso: SsoSession,
+                now: int | None = None) -> Grant:
+    """Record one authorization of `client_id` by `user`, made in the SSO session `sso`.
+    Codes, refresh tokens and access tokens issued from it all name this grant."""
+    grant = Grant(
+        id=uuid.uuid4().hex, user_id=user.id, client_id=client_id, scope=scope, sid=sso.sid,
+        auth_time=sso.auth_time, amr=list(sso.amr), acr=sso.acr,
+        created_at=int(time.time()) if now is None else now, revoked_at=None, revoked_reason=None,
+    )
+    session.add(grant)
+    session.flush()  # rows that name the grant follow; no ORM relationship orders them
+    return grant
 
 
 def revoke_grant(session: Session, grant_id: str, reason: str) -> None:
