@@ -52,8 +52,9 @@ def create_user(session: Session, passwords: Passwords, *, username: str, passwo
                 email: str | None = None, phone_number: str | None = None,
                 groups: list[str] = (), is_admin: bool = False) -> User:
     username = normalise_username(username)
-    if not username or len(username) > 255 or any(c.isspace() for c in username):
-        raise AccountError("username", "must be 1–255 characters without spaces")
+    if not username or len(username) > 255 or any(c.isspace() or not c.isprintable()
+                                                  for c in username):
+        raise AccountError("username", "must be 1–255 printable characters without spaces")
     if find_user(session, username):
         raise AccountError("username", f"{username!r} already exists")
     now = int(time.time())

@@ -377,3 +377,11 @@ def test_openapi_document_covers_every_admin_route(instance) -> None:  # type: i
             if method == "parameters" or path == "/openapi.json":
                 continue
             assert "401" in operation["responses"], (path, method)
+
+
+def test_username_with_control_character_is_refused_not_500(admin: Admin) -> None:
+    """A NUL cannot be stored by PostgreSQL; the API must refuse it with a 400 that names the field."""
+    for username in ("bad\x00name", "bad\x07name"):
+        response = admin.post("/admin/api/v1/users", json={"username": username})
+        assert response.status_code == 400
+        assert "username" in response.json["error_description"]
