@@ -15,6 +15,7 @@ from typing import Any
 
 from flask import Blueprint, Response, jsonify, request
 from sqlalchemy import select
+from sqlalchemy.orm import selectinload
 
 from identity.accounts import (
     AccountError,
@@ -111,7 +112,7 @@ def openapi() -> Response:
 @bp.get("/v1/users")
 @admin_required
 def list_users() -> Response:
-    users = db().scalars(select(User).order_by(User.username)).all()
+    users = db().scalars(select(User).options(selectinload(User.groups)).order_by(User.username)).all()
     return jsonify(users=[describe_user(u) for u in users])
 
 

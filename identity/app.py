@@ -20,6 +20,7 @@ from identity.credentials import Passwords, SecretHasher
 from identity.db import Database
 from identity.i18n import init_i18n
 from identity.keystore import DatabaseKeyStore
+from identity.oidc.machine_endpoints import MachineEndpoints
 from identity.oidc.tokens import TokenService, TokenSettings
 from identity.services import Services, commit_request_session, discard_request_session
 from keys.ring import KeyRing
@@ -137,7 +138,7 @@ def create_app(config: Config | None = None, *, prepare: bool = False, **overrid
         JSON_AS_ASCII=False,
     )
     app.session_interface = FastSessionInterface()
-    app.wsgi_app = SecurityHeaders(app.wsgi_app)  # type: ignore[method-assign]
+    app.wsgi_app = SecurityHeaders(MachineEndpoints(app, app.wsgi_app))  # type: ignore[method-assign]
     if config["trusted_proxy_count"]:
         app.wsgi_app = ProxyFix(app.wsgi_app, x_for=config["trusted_proxy_count"],
                                 x_proto=config["trusted_proxy_count"])  # type: ignore[method-assign]

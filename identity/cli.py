@@ -17,6 +17,7 @@ from typing import Any
 
 import click
 from sqlalchemy import select
+from sqlalchemy.orm import selectinload
 
 from identity.config import ConfigError, load_config, settings_reference_markdown
 
@@ -262,7 +263,8 @@ def user_list(obj: Context, as_json: bool) -> None:
     from identity.models import User
 
     with obj.services.database.session() as session:
-        users = [describe_user(u) for u in session.scalars(select(User).order_by(User.username))]
+        query = select(User).options(selectinload(User.groups)).order_by(User.username)
+        users = [describe_user(u) for u in session.scalars(query)]
     emit(users, as_json, "\n".join(
         f"{u['username']:<24} {u['name']:<32} {'disabled' if u['disabled'] else 'active'}"
         for u in users) or "(no users)")

@@ -58,7 +58,9 @@ class User(Base):
     created_at: Mapped[int]
     updated_at: Mapped[int]
 
-    groups: Mapped[list[Group]] = relationship(secondary=user_groups, lazy="selectin")
+    # Loaded when read (userinfo with the groups scope), not with every user: the token
+    # endpoint loads users on each refresh and needs none. Lists use selectinload.
+    groups: Mapped[list[Group]] = relationship(secondary=user_groups)
 
     def __repr__(self) -> str:
         return f"User(username={self.username!r}, sub={self.sub!r})"

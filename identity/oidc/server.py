@@ -18,6 +18,7 @@ from authlib.oauth2.rfc6749 import (
     InvalidClientError,
     InvalidRequestError,
     InvalidScopeError,
+    OAuth2Request,
     UnsupportedResponseTypeError,
     grants,
     scope_to_list,
@@ -30,6 +31,7 @@ from authlib.oauth2.rfc7662 import IntrospectionEndpoint
 from authlib.oauth2.rfc9207 import IssuerParameter
 from authlib.oidc.core import UserInfo, UserInfoEndpoint
 from authlib.oidc.core.grants import OpenIDCode
+from flask import g
 from joserfc import jwt
 from joserfc.errors import JoseError
 from sqlalchemy import select, update
@@ -261,12 +263,11 @@ class RefreshGrant(grants.RefreshTokenGrant):
         # Lock the grant row first, as revoke_grant does: one lock order (grant, then its
         # tokens), else concurrent uses of one token deadlock on PostgreSQL (a loser keeps
         # the token row it waited for, then wants the grant a revoker holds).
-        session.execute(select(Grant.id).where(Grant.id == row.grant_id)
-                        .with_for_update(key_share=True))
+        grant = session.scalar(select(Grant).where(Grant.id == row.grant_id)
+                               .with_for_update(key_share=True))
         if not tokens.consume_refresh_token(session, row):
             revoke_grant(session, row.grant_id, "refresh_token_reuse")
             return None
-        grant = session.get(Grant, row.grant_id)
         if grant is None or grant.revoked_at is not None or row.expires_at <= time.time():
             return None
         return RefreshTokenRecord(row, grant)
@@ -501,6 +502,20 @@ class Issuer(IssuerParameter):
 
 
 class OAuthServer(AuthorizationServer):
+    def create_oauth2_request(self, request: Any) -> Any:
+        # The token endpoint's fast path (identity.oidc.machine_endpoints) hands over a
+        # request it built itself; everything else comes from Flask's request.
+        if isinstance(request, OAuth2Request):
+            return request
+        return super().create_oauth2_request(request)
+
+    def handle_response(self, status_code: int, payload: Any, headers: Any) -> Any:
+        if g.get("machine_endpoint"):
+            # The fast path writes the answer itself: a Flask Response object (and its
+            # werkzeug header machinery) would cost more than building the token.
+            return status_code, payload, headers
+        return super().handle_response(status_code, payload, headers)
+
     def get_authorization_grant(self, request: Any) -> Any:
         # authlib quotes an unknown response_type into the error description, then
         # refuses (ValueError: a 500) a description holding \, " or non-ASCII characters.

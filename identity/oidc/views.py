@@ -93,30 +93,7 @@ def discovery_document() -> dict[str, Any]:
     }
 
 
-@bp.get("/.well-known/openid-configuration")
-def openid_configuration() -> Response:
-    cached = current_app.extensions.get("congvu.discovery")
-    keys_version = services().keyring.algorithms()
-    if cached is None or cached[0] != keys_version:
-        body = json.dumps(discovery_document(), separators=(",", ":")).encode()
-        cached = current_app.extensions["congvu.discovery"] = (keys_version, body)
-    response = Response(cached[1], mimetype="application/json")
-    response.headers["Cache-Control"] = "public, max-age=300"
-    return response
-
-
-@bp.get("/jwks")
-def jwks() -> Response:
-    keyring = services().keyring
-    jwks_doc = keyring.jwks()
-    cached = current_app.extensions.get("congvu.jwks")
-    if cached is None or cached[0] is not jwks_doc:
-        cached = current_app.extensions["congvu.jwks"] = (
-            jwks_doc, json.dumps(jwks_doc, separators=(",", ":")).encode())
-    response = Response(cached[1], mimetype="application/jwk-set+json")
-    # Short: a key published as "next" must reach caches well before it signs.
-    response.headers["Cache-Control"] = "public, max-age=60"
-    return response
+# Discovery and JWKS are answered by identity.oidc.machine_endpoints, before Flask.
 
 
 # -- authorization ----------------------------------------------------------------------
@@ -253,6 +230,8 @@ def authorize() -> Response:
 # -- token, userinfo, introspection, revocation -----------------------------------------
 @bp.post("/token")
 def token() -> Response:
+    # POSTs are answered by identity.oidc.machine_endpoints before they reach Flask;
+    # the route stays so that other methods get the endpoint's 405 answer.
     return server().create_token_response()
 
 
