@@ -65,7 +65,6 @@ class SecurityHeaders:
 
     def __init__(self, wsgi_app: Any) -> None:
         self.wsgi_app = wsgi_app
-        self.names = {name.lower() for name in SECURITY_HEADERS}
 
     def __call__(self, environ: dict, start_response: Any) -> Any:
         def add_headers(status: str, headers: list[tuple[str, str]], exc_info: Any = None) -> Any:

@@ -4,7 +4,9 @@
 //   * one RS256 key (RSA 2048, like congvu's key ring), generated at start by the primary
 //     and handed to every worker, so all workers sign with the same kid and /jwks agrees;
 //   * one confidential client authenticating with client_secret_basic, allowed
-//     client_credentials, refresh_token and authorization_code;
+//     client_credentials, refresh_token and authorization_code (node-oidc-provider also
+//     accepts client_secret_post from a client_secret_basic client; the benchmark only
+//     ever sends Basic);
 //   * features.clientCredentials on, and resource indicators with a default resource whose
 //     access tokens are JWTs signed RS256 (node-oidc-provider's default for
 //     client_credentials is an opaque token kept in the adapter, which would not compare
@@ -27,8 +29,9 @@
 // with `new provider.Grant(...)` / `new provider.RefreshToken(...)` and saved, exactly
 // what the authorization-code grant would have stored. Because each worker has its own
 // Map and either worker may receive a request, the primary chooses the token values and
-// grant ids and every worker saves the same set (a token is still used only once: the
-// harness never sends a value twice). The harness asks for them on the control server:
+// grant ids and every worker saves the same set. A consequence: a token's reuse is only
+// detected by the worker that saw its first use, which the benchmark never relies on (the
+// harness sends each value once). The harness asks for them on the control server:
 //     POST http://127.0.0.1:<control-port>/mint-refresh?count=N&scope=offline_access%20api
 // which answers with N refresh-token values, one per line. The control server listens on
 // a different port from the provider, on 127.0.0.1 only, and exists only in this peer.
@@ -94,6 +97,8 @@ function runPrimary() {
     workers.push(worker);
     worker.on('listening', () => {
       listening += 1;
+      // On stderr, so that the harness's log tells how far a slow start got.
+      console.error(`worker ${worker.process.pid} listening (${listening}/${WORKERS})`);
       if (listening === WORKERS) startControlServer();
     });
     worker.on('message', (msg) => {
@@ -180,6 +185,10 @@ function runPrimary() {
       }, (err) => {
         res.writeHead(500, { 'content-type': 'text/plain' }).end(`${err.message}\n`);
       });
+    });
+    server.on('error', (err) => {
+      console.error(`control server: ${err.message}; stopping`);
+      shutdown(1);
     });
     server.listen(CONTROL_PORT, HOST, () => {
       process.stdout.write(`${JSON.stringify({
@@ -355,8 +364,13 @@ async function runWorker() {
   // `node --cpu-prof` write its profile, which the default signal death would not).
   process.on('SIGTERM', () => process.exit(0));
 
-  // The cluster module shares this listening socket between the workers.
-  provider.listen(PORT, HOST);
+  // The cluster module shares this listening socket between the workers. A port taken
+  // meanwhile by another program must stop the peer, not leave it half started.
+  const server = provider.listen(PORT, HOST);
+  server.on('error', (err) => {
+    console.error(`worker ${process.pid}: ${err.message}`);
+    process.exit(1);
+  });
 }
 
 // ---------------------------------------------------------------------------------------
