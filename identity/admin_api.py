@@ -13,7 +13,7 @@ from functools import wraps
 from pathlib import Path
 from typing import Any
 
-from flask import Blueprint, Response, jsonify, request
+from flask import Blueprint, Response, abort, jsonify, request
 from sqlalchemy import select
 from sqlalchemy.orm import selectinload
 
@@ -133,24 +133,23 @@ def add_user() -> tuple[Response, int]:
     return jsonify(describe_user(user)), 201
 
 
-def _user_or_404(username: str) -> User | Response:
+def _user_or_404(username: str) -> User:
     user = find_user(db(), username)
-    return user if user is not None else _problem(404, "not_found", "No such user.")
+    if user is None:
+        abort(404, description="No such user.")  # JSON, by the app's error handler for this API
+    return user
 
 
 @bp.get("/v1/users/<username>")
 @admin_required
 def show_user(username: str) -> Response:
-    user = _user_or_404(username)
-    return user if isinstance(user, Response) else jsonify(describe_user(user))
+    return jsonify(describe_user(_user_or_404(username)))
 
 
 @bp.patch("/v1/users/<username>")
 @admin_required
 def change_user(username: str) -> Response:
     user = _user_or_404(username)
-    if isinstance(user, Response):
-        return user
     data = _body()
     for key in ("name", "given_name", "family_name"):
         if key in data:
@@ -191,24 +190,23 @@ def add_client() -> tuple[Response, int]:
     return jsonify(body), 201
 
 
-def _client_or_404(client_id: str) -> Client | Response:
+def _client_or_404(client_id: str) -> Client:
     client = db().get(Client, client_id)
-    return client if client is not None else _problem(404, "not_found", "No such client.")
+    if client is None:
+        abort(404, description="No such client.")
+    return client
 
 
 @bp.get("/v1/clients/<client_id>")
 @admin_required
 def show_client(client_id: str) -> Response:
-    client = _client_or_404(client_id)
-    return client if isinstance(client, Response) else jsonify(describe_client(client))
+    return jsonify(describe_client(_client_or_404(client_id)))
 
 
 @bp.delete("/v1/clients/<client_id>")
 @admin_required
 def remove_client(client_id: str) -> Response:
     client = _client_or_404(client_id)
-    if isinstance(client, Response):
-        return client
     db().delete(client)
     services().client_cache.invalidate(client_id)
     return Response(status=204)
@@ -218,8 +216,6 @@ def remove_client(client_id: str) -> Response:
 @admin_required
 def rotate_client_secret(client_id: str) -> Response:
     client = _client_or_404(client_id)
-    if isinstance(client, Response):
-        return client
     secret = rotate_secret(db(), services().secret_hasher, client)
     services().client_cache.invalidate(client_id)
     return jsonify(client_id=client.client_id, client_secret=secret)
