@@ -164,6 +164,7 @@ class CodeGrant(grants.AuthorizationCodeGrant):
             update(AuthorizationCode)
             .where(AuthorizationCode.code_hash == row.code_hash, AuthorizationCode.used_at.is_(None))
             .values(used_at=now)
+            .execution_options(synchronize_session=False)  # nothing reads row.used_at after
         ).rowcount == 1
         if not consumed:
             revoke_grant(session, row.grant_id, "code_reuse")

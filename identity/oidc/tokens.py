@@ -152,6 +152,9 @@ class TokenService:
             .where(RefreshToken.token_hash == row.token_hash, RefreshToken.used_at.is_(None),
                    RefreshToken.revoked_at.is_(None))
             .values(used_at=int(time.time()))
+            # Skip matching the statement against loaded objects: costly on this hot
+            # path, and nothing reads the consumed row's used_at afterwards.
+            .execution_options(synchronize_session=False)
         )
         return result.rowcount == 1
 
