@@ -1,5 +1,5 @@
-"""The machine endpoints — discovery, JWKS and the token endpoint — served without
-Flask's per-request machinery.
+"""The machine endpoints — discovery, JWKS, token, introspection and revocation —
+served without Flask's per-request machinery.
 
 Relying parties call these far more often than people open pages, and they use none
 of what a Flask request context sets up for pages: the flow cookie, CSRF, the
@@ -8,10 +8,11 @@ about as much CPU as everything else in a client_credentials grant except the RS
 signature. So this layer answers them directly:
 
 * discovery and JWKS from bytes cached until the key set changes;
-* the token endpoint through the same authlib AuthorizationServer and grants as
-  before, inside an application context (for the database session and settings), with
-  the request built from the WSGI environ. Parameters come from the form body only:
-  RFC 6749 §3.2 sends them by POST, and a query string can leak into logs.
+* the token, introspection and revocation endpoints through the same authlib
+  AuthorizationServer, grants and endpoints, inside an application context (for the
+  database session and settings), with the request built from the WSGI environ.
+  Parameters come from the form body only: RFC 6749 §3.2, RFC 7662 §2.1 and RFC 7009
+  §2.1 send them by POST, and a query string can leak into logs.
 
 Everything else passes through to Flask unchanged.
 """
@@ -40,7 +41,7 @@ JSON_HEADERS = [("Content-Type", "application/json"), ("Cache-Control", "no-stor
 
 
 class TokenRequest(OAuth2Request):
-    """authlib's request, built from the WSGI environ and a urlencoded body."""
+    """authlib's request for a form-posting endpoint, built from the WSGI environ."""
 
     def __init__(self, uri: str, environ: dict[str, Any], form: MultiDict) -> None:
         super().__init__(environ["REQUEST_METHOD"], uri, headers=EnvironHeaders(environ))
@@ -88,6 +89,9 @@ def _json_response(start_response: Any, status: str, payload: dict[str, Any],
 
 
 class MachineEndpoints:
+    # path → authlib endpoint name (None: the token endpoint)
+    FORM_ENDPOINTS = {"/token": None, "/introspect": "introspection", "/revoke": "revocation"}
+
     def __init__(self, app: Flask, inner: Any) -> None:
         self.app = app
         self.inner = inner
@@ -96,8 +100,8 @@ class MachineEndpoints:
     def __call__(self, environ: dict[str, Any], start_response: Any) -> Any:
         path = environ.get("PATH_INFO", "")
         method = environ.get("REQUEST_METHOD", "")
-        if method == "POST" and path == "/token":
-            return self.token(environ, start_response)
+        if method == "POST" and path in self.FORM_ENDPOINTS:
+            return self.form_endpoint(path, environ, start_response)
         if method in ("GET", "HEAD") and path in ("/jwks", "/.well-known/openid-configuration"):
             return self.document(path, method, start_response)
         return self.inner(environ, start_response)
@@ -132,7 +136,7 @@ class MachineEndpoints:
         self._documents[path] = cached
         return cached
 
-    def token(self, environ: dict[str, Any], start_response: Any) -> Any:
+    def form_endpoint(self, path: str, environ: dict[str, Any], start_response: Any) -> Any:
         form = read_form(environ)
         if form is None:
             return _json_response(start_response, "400 Bad Request", {
@@ -143,13 +147,17 @@ class MachineEndpoints:
         with self.app.app_context():
             g.machine_endpoint = True  # the server then returns (status, payload, headers)
             try:
-                request = TokenRequest(services.config.issuer + "/token", environ, form)
-                status, payload, headers = self.app.extensions["congvu.oauth"].create_token_response(
-                    request)
+                request = TokenRequest(services.config.issuer + path, environ, form)
+                server = self.app.extensions["congvu.oauth"]
+                endpoint = self.FORM_ENDPOINTS[path]
+                if endpoint is None:
+                    status, payload, headers = server.create_token_response(request)
+                else:
+                    status, payload, headers = server.create_endpoint_response(endpoint, request)
                 commit_request_session()
             except Exception:
                 # Logged for operators with its traceback; the client gets the RFC 6749 code.
-                log.exception("unhandled error at the token endpoint")
+                log.exception("unhandled error at %s", path)
                 discard_request_session()
                 return _json_response(start_response, "500 Internal Server Error",
                                       {"error": "server_error"})

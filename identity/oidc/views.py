@@ -242,11 +242,13 @@ def userinfo() -> Response:
 
 @bp.post("/introspect")
 def introspect() -> Response:
+    # Answered by identity.oidc.machine_endpoints, like the token endpoint.
     return server().create_endpoint_response("introspection")
 
 
 @bp.post("/revoke")
 def revoke() -> Response:
+    # Answered by identity.oidc.machine_endpoints, like the token endpoint.
     return server().create_endpoint_response("revocation")
 
 
