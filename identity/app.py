@@ -14,6 +14,7 @@ from flask_wtf.csrf import CSRFError, CSRFProtect
 from werkzeug.exceptions import HTTPException
 from werkzeug.middleware.proxy_fix import ProxyFix
 
+from identity.audit.log import AuditLog
 from identity.clients import ClientCache
 from identity.config import Config, load_config
 from identity.credentials import Passwords, SecretHasher
@@ -101,6 +102,9 @@ def build_services(config: Config) -> Services:
         refresh_token_ttl=config["tokens.refresh_token_ttl"]))
     return Services(config=config, database=database, keyring=keyring, tokens=tokens,
                     client_cache=ClientCache(config["clients.cache_seconds"]),
+                    audit=AuditLog(database, config.master_key,
+                                   checkpoint_every=config["audit.checkpoint_every"],
+                                   checkpoint_seconds=config["audit.checkpoint_seconds"]),
                     secret_hasher=SecretHasher(config.master_key.derive("client-secret-pepper")),
                     passwords=Passwords(config.password_hash_policy))
 

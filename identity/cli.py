@@ -496,5 +496,43 @@ def admin_token_create(obj: Context, name: str, as_json: bool) -> None:
     emit({"name": name, "token": value}, as_json)
 
 
+# -- audit log ----------------------------------------------------------------------------
+@main.group()
+def audit() -> None:
+    """The tamper-evident audit log."""
+
+
+@audit.command("verify")
+@json_option
+@pass_context
+def audit_verify(obj: Context, as_json: bool) -> None:
+    """Recompute the hash chain and check the signed checkpoints; exit 1 on any change."""
+    log = obj.services.audit
+    finding = log.verify()
+    records, checkpoints = log.counts()
+    if finding is None:
+        emit({"verified": True, "records": records, "checkpoints": checkpoints}, as_json,
+             f"audit log verified: {records} records, {checkpoints} checkpoints")
+        return
+    emit({"verified": False, "records": records, "checkpoints": checkpoints, **finding.as_dict()},
+         as_json, f"audit log NOT verified: record {finding.seq}: {finding.kind} ({finding.detail})")
+    sys.exit(1)
+
+
+@audit.command("list")
+@click.option("--limit", type=click.IntRange(1, 10_000), default=50, show_default=True,
+              help="How many of the newest records to show.")
+@json_option
+@pass_context
+def audit_list(obj: Context, limit: int, as_json: bool) -> None:
+    """The newest records, newest first."""
+    rows = obj.services.audit.recent(limit)
+    human = "\n".join(
+        f"{r['seq']:>8} {r['ts']} {r['event']:<24} {r['outcome']:<8} "
+        f"{r['actor_username'] or r['actor_sub'] or '-'} {r['target'] or ''}".rstrip()
+        for r in rows) or "(no audit records)"
+    emit(rows, as_json, human)
+
+
 if __name__ == "__main__":  # pragma: no cover
     main()

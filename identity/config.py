@@ -82,6 +82,12 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("keys.cache_seconds", int, 10,
             "How long a node caches the key set; a rotation elsewhere is seen within it.",
             minimum=0, maximum=3600),
+    Setting("audit.checkpoint_every", int, 1000,
+            "Sign the audit chain's head at least every this many records.",
+            minimum=1, maximum=1_000_000),
+    Setting("audit.checkpoint_seconds", int, 60,
+            "Sign the audit chain's head when a record is written this many seconds or more "
+            "after the last signed checkpoint.", minimum=0, maximum=86400),
 )
 
 _BY_KEY = {s.key: s for s in SETTINGS}

@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from flask import current_app, g
 from sqlalchemy.orm import Session
 
+from identity.audit.log import AuditLog
 from identity.clients import ClientCache
 from identity.config import Config
 from identity.credentials import Passwords, SecretHasher
@@ -27,6 +28,7 @@ class Services:
     keyring: KeyRing
     tokens: TokenService
     client_cache: ClientCache
+    audit: AuditLog
     secret_hasher: SecretHasher = field(repr=False)
     passwords: Passwords = field(repr=False)
 
