@@ -23,7 +23,12 @@ from identity.i18n import init_i18n
 from identity.keystore import DatabaseKeyStore
 from identity.oidc.machine_endpoints import MachineEndpoints
 from identity.oidc.tokens import TokenService, TokenSettings
-from identity.services import Services, commit_request_session, discard_request_session
+from identity.services import (
+    Services,
+    commit_request_session,
+    discard_request_session,
+    flush_audit_events,
+)
 from keys.ring import KeyRing
 
 log = logging.getLogger("congvu")
@@ -178,11 +183,15 @@ def create_app(config: Config | None = None, *, prepare: bool = False, **overrid
     @app.after_request
     def _finish(response: Response) -> Response:
         commit_request_session()
+        flush_audit_events()
         return response
 
     @app.teardown_request
     def _rollback(_error: BaseException | None) -> None:
-        discard_request_session()  # only acts if after_request did not run (an error)
+        # Both only act if after_request did not run (an error): the request's work is
+        # undone, what it recorded for the audit log is still written.
+        discard_request_session()
+        flush_audit_events()
 
     @app.errorhandler(CSRFError)
     def _csrf_error(_error: CSRFError) -> Response:

@@ -27,7 +27,7 @@ from wtforms.validators import DataRequired, Length
 
 from identity import sso
 from identity.accounts import authenticate
-from identity.services import db, services
+from identity.services import audit_event, db, services
 
 bp = Blueprint("login", __name__)
 
@@ -69,6 +69,10 @@ def login_submit() -> Response:
         return redirect(back, 303)
     user = authenticate(db(), services().passwords, form.username.data, form.password.data)
     if user is None:
+        # The name as typed (people sometimes type a password there: it is cut short and
+        # is only ever seen by auditors, never by another user).
+        audit_event("signin.password", "failure", actor_username=form.username.data[:64],
+                    reason="credentials.invalid")
         flash(_("The username or password is incorrect."), "error")
         session["login_username"] = form.username.data[:MAX_USERNAME]
         return redirect(back, 303)
@@ -79,7 +83,9 @@ def login_submit() -> Response:
     session.clear()
     session.update(keep)
     g.pop("csrf_token", None)  # Flask-WTF's per-request cache: the next form gets a new token
-    _row, cookie_value = sso.start_session(user, amr=["pwd"], acr=sso.ACR_SINGLE_FACTOR)
+    row, cookie_value = sso.start_session(user, amr=["pwd"], acr=sso.ACR_SINGLE_FACTOR)
+    audit_event("signin.password", "success", actor_sub=user.sub, actor_username=user.username,
+                reason="credentials.valid", details={"sid": row.sid})
     response = redirect(resume, 303)
     sso.set_cookie(response, cookie_value)
     return response

@@ -7,9 +7,11 @@ never sent for work that then fails to commit) and rolled back on error.
 
 from __future__ import annotations
 
+import uuid
 from dataclasses import dataclass, field
+from typing import Any
 
-from flask import current_app, g
+from flask import current_app, g, has_request_context, request
 from sqlalchemy.orm import Session
 
 from identity.audit.log import AuditLog
@@ -58,3 +60,30 @@ def discard_request_session() -> None:
     if session is not None:
         session.rollback()
         session.close()
+
+
+def audit_event(event: str, outcome: str, **fields: Any) -> None:
+    """Record a security event of this request. It is appended to the audit log after
+    the request's own transaction ends (committed or rolled back): an append takes the
+    log's lock on its own connection, which on SQLite must not wait behind the request's
+    uncommitted writes. The request's IP, user agent and id are filled in here."""
+    if has_request_context():
+        fields.setdefault("source_ip", request.remote_addr)
+        fields.setdefault("user_agent", (request.user_agent.string or "")[:512] or None)
+    fields.setdefault("request_id", request_id())
+    g.setdefault("_audit_events", []).append((event, outcome, fields))
+
+
+def request_id() -> str:
+    value = g.get("_request_id")
+    if value is None:
+        value = g._request_id = uuid.uuid4().hex
+    return value
+
+
+def flush_audit_events() -> None:
+    events = g.pop("_audit_events", None)
+    if events:
+        audit = services().audit
+        for event, outcome, fields in events:
+            audit.append(event, outcome, **fields)

@@ -69,6 +69,24 @@ def scrub_secrets(value: Any) -> Any:
     return value
 
 
+# Control characters (C0, DEL, C1) and the backslash that introduces their escapes.
+_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f\\]")
+
+
+def encode_controls(value: Any) -> Any:
+    """Strings with control characters written as `\\xNN` (and `\\` for a backslash),
+    at any depth: a newline or an escape sequence in a username cannot forge a line in
+    an export or a terminal, and PostgreSQL, which cannot store NUL, gets none."""
+    if isinstance(value, str):
+        return _CONTROL.sub(lambda m: "\\\\" if m.group() == "\\" else f"\\x{ord(m.group()):02x}",
+                            value)
+    if isinstance(value, dict):
+        return {encode_controls(str(k)): encode_controls(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [encode_controls(item) for item in value]
+    return value
+
+
 class AuditLog:
     def __init__(self, database: Database, master_key: MasterKey, checkpoint_every: int = 1000,
                  checkpoint_seconds: int = 60) -> None:
@@ -104,16 +122,18 @@ class AuditLog:
         """Write one record in its own transaction; returns its sequence number."""
         # Scrubbed and normalised through JSON before hashing, so that what is hashed is
         # exactly what the database gives back (tuples become lists, keys become text).
-        stored_details = (json.loads(chain.canonical(scrub_secrets(details)))
+        stored_details = (json.loads(chain.canonical(encode_controls(scrub_secrets(details))))
                           if details is not None else None)
         with self.database.engine.begin() as connection:
             head_seq, head_hash = self._lock_head(connection)
-            record = {
-                "seq": head_seq + 1, "ts": utc_timestamp(), "event": event, "outcome": outcome,
-                "actor_sub": actor_sub, "actor_username": actor_username, "target": target,
-                "client_id": client_id, "source_ip": source_ip, "user_agent": user_agent,
-                "request_id": request_id, "reason": reason, "details": stored_details,
-            }
+            fields = encode_controls({
+                "event": event, "outcome": outcome, "actor_sub": actor_sub,
+                "actor_username": actor_username, "target": target, "client_id": client_id,
+                "source_ip": source_ip, "user_agent": user_agent, "request_id": request_id,
+                "reason": reason,
+            })
+            record = {"seq": head_seq + 1, "ts": utc_timestamp(), **fields,
+                      "details": stored_details}
             new_hash = chain.record_hash(bytes.fromhex(head_hash), record).hex()
             connection.execute(events_table.insert().values(**record, hash=new_hash))
             connection.execute(update(head_table).where(head_table.c.id == 1)

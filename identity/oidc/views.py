@@ -32,7 +32,7 @@ from flask_babel import gettext as _
 from identity import sso
 from identity.oidc.server import EndUser
 from identity.oidc.tokens import active_grants_for_session, revoke_grant
-from identity.services import db, services
+from identity.services import audit_event, db, services
 
 bp = Blueprint("oidc", __name__)
 
@@ -294,6 +294,9 @@ def logout() -> Response:
                         headers={"Cache-Control": "no-store"})
     if active is not None:
         end_session(active)
+        audit_event("session.end", "success", actor_sub=active.user.sub,
+                    actor_username=active.user.username, client_id=client_id,
+                    reason="session.logout", details={"sid": active.row.sid})
     response = redirect(redirect_to, 303) if redirect_to else Response(
         render_template("logged_out.html", client=client))
     sso.clear_cookie(response)
