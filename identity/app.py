@@ -23,12 +23,7 @@ from identity.i18n import init_i18n
 from identity.keystore import DatabaseKeyStore
 from identity.oidc.machine_endpoints import MachineEndpoints
 from identity.oidc.tokens import TokenService, TokenSettings
-from identity.services import (
-    Services,
-    commit_request_session,
-    discard_request_session,
-    flush_audit_events,
-)
+from identity.services import Services, end_request_transaction
 from keys.ring import KeyRing
 
 log = logging.getLogger("congvu")
@@ -182,16 +177,14 @@ def create_app(config: Config | None = None, *, prepare: bool = False, **overrid
 
     @app.after_request
     def _finish(response: Response) -> Response:
-        commit_request_session()
-        flush_audit_events()
+        end_request_transaction(commit=True)
         return response
 
     @app.teardown_request
     def _rollback(_error: BaseException | None) -> None:
         # Both only act if after_request did not run (an error): the request's work is
         # undone, what it recorded for the audit log is still written.
-        discard_request_session()
-        flush_audit_events()
+        end_request_transaction(commit=False)
 
     @app.errorhandler(CSRFError)
     def _csrf_error(_error: CSRFError) -> Response:

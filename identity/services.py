@@ -62,6 +62,19 @@ def discard_request_session() -> None:
         session.close()
 
 
+def end_request_transaction(*, commit: bool) -> None:
+    """End the request's own transaction (commit, or roll back), then append what the
+    request recorded for the audit log. Flask's request hooks and the machine endpoints
+    both end requests through here."""
+    try:
+        if commit:
+            commit_request_session()
+        else:
+            discard_request_session()
+    finally:
+        flush_audit_events()
+
+
 def audit_event(event: str, outcome: str, **fields: Any) -> None:
     """Record a security event of this request. It is appended to the audit log after
     the request's own transaction ends (committed or rolled back): an append takes the

@@ -30,7 +30,7 @@ from authlib.oauth2.rfc6749.requests import BasicOAuth2Payload
 from flask import Flask, g
 from werkzeug.datastructures import EnvironHeaders, MultiDict
 
-from identity.services import commit_request_session, discard_request_session
+from identity.services import end_request_transaction
 
 log = logging.getLogger("congvu")
 
@@ -81,10 +81,14 @@ def read_form(environ: dict[str, Any]) -> MultiDict | None:
         return None
 
 
-def _json_response(start_response: Any, status: str, payload: dict[str, Any],
-                   extra: Any = ()) -> list[bytes]:
+def _json_response(start_response: Any, status: int, payload: dict[str, Any],
+                   headers: Any = ()) -> list[bytes]:
+    """A JSON answer: JSON_HEADERS, unless `headers` (authlib's) names them itself."""
+    names = {name.lower() for name, _ in headers}
     body = json.dumps(payload).encode()
-    start_response(status, [*JSON_HEADERS, ("Content-Length", str(len(body))), *extra])
+    start_response(HTTP_STATUS[status], [
+        *(h for h in JSON_HEADERS if h[0].lower() not in names), *headers,
+        ("Content-Length", str(len(body)))])
     return [body]
 
 
@@ -139,7 +143,7 @@ class MachineEndpoints:
     def form_endpoint(self, path: str, environ: dict[str, Any], start_response: Any) -> Any:
         form = read_form(environ)
         if form is None:
-            return _json_response(start_response, "400 Bad Request", {
+            return _json_response(start_response, 400, {
                 "error": "invalid_request",
                 "error_description": "Send the parameters as an application/x-www-form-urlencoded "
                                      "body of at most 64 KiB."})
@@ -154,16 +158,10 @@ class MachineEndpoints:
                     status, payload, headers = server.create_token_response(request)
                 else:
                     status, payload, headers = server.create_endpoint_response(endpoint, request)
-                commit_request_session()
+                end_request_transaction(commit=True)
             except Exception:
                 # Logged for operators with its traceback; the client gets the RFC 6749 code.
                 log.exception("unhandled error at %s", path)
-                discard_request_session()
-                return _json_response(start_response, "500 Internal Server Error",
-                                      {"error": "server_error"})
-        # authlib's headers already say JSON and no-store; keep its own, add the length.
-        names = {name.lower() for name, _ in headers}
-        extra = [h for h in JSON_HEADERS if h[0].lower() not in names] + list(headers)
-        body = json.dumps(payload).encode()
-        start_response(HTTP_STATUS[status], [*extra, ("Content-Length", str(len(body)))])
-        return [body]
+                end_request_transaction(commit=False)
+                return _json_response(start_response, 500, {"error": "server_error"})
+        return _json_response(start_response, status, payload, headers)

@@ -504,8 +504,8 @@ class Issuer(IssuerParameter):
 
 class OAuthServer(AuthorizationServer):
     def create_oauth2_request(self, request: Any) -> Any:
-        # The token endpoint's fast path (identity.oidc.machine_endpoints) hands over a
-        # request it built itself; everything else comes from Flask's request.
+        # The machine endpoints (identity.oidc.machine_endpoints) hand over a request
+        # they built themselves; everything else comes from Flask's request.
         if isinstance(request, OAuth2Request):
             return request
         return super().create_oauth2_request(request)

@@ -45,12 +45,9 @@ def server() -> Any:
     return current_app.extensions["congvu.oauth"]
 
 
-def _json(payload: Any, max_age: int = 0) -> Response:
-    response = Response(json.dumps(payload, ensure_ascii=False, separators=(",", ":")),
-                        mimetype="application/json")
-    if max_age:
-        response.headers["Cache-Control"] = f"public, max-age={max_age}"
-    return response
+def _json(payload: Any) -> Response:
+    return Response(json.dumps(payload, ensure_ascii=False, separators=(",", ":")),
+                    mimetype="application/json")
 
 
 def discovery_document() -> dict[str, Any]:
