@@ -13,7 +13,7 @@ from functools import wraps
 from pathlib import Path
 from typing import Any
 
-from flask import Blueprint, Response, abort, jsonify, request
+from flask import Blueprint, Response, abort, g, jsonify, request
 from sqlalchemy import select
 from sqlalchemy.orm import selectinload
 
@@ -33,7 +33,7 @@ from identity.clients import (
 )
 from identity.credentials import token_hash
 from identity.models import AdminToken, Client, User
-from identity.services import db, discard_request_session, services
+from identity.services import audit_event, db, discard_request_session, services
 
 bp = Blueprint("admin_api", __name__, url_prefix="/admin/api")
 OPENAPI = Path(__file__).parent / "openapi.json"
@@ -57,10 +57,18 @@ def admin_required(view: Callable[..., Any]) -> Callable[..., Any]:
         row = db().scalar(select(AdminToken).where(AdminToken.token_hash == token_hash(value.strip()),
                                                    AdminToken.revoked_at.is_(None)))
         if row is None:
+            audit_event("admin.auth", "failure", reason="admin_token.invalid")
             return _problem(401, "invalid_token", "The admin token is not valid.")
+        g.admin_actor = f"admin-token:{row.name}"
         return view(*args, **kwargs)
 
     return wrapper
+
+
+def _audit_admin(event: str, target: str, **details: Any) -> None:
+    """An administrator's change, named by the admin token that made it."""
+    audit_event(event, "success", only_if_committed=True, actor_username=g.admin_actor,
+                target=target, details=details or None)
 
 
 def _body() -> dict[str, Any]:
@@ -130,6 +138,8 @@ def add_user() -> tuple[Response, int]:
         phone_number=_string(data, "phone_number", None), groups=_strings(data, "groups"),
         is_admin=_flag(data, "is_admin", False),
     )
+    _audit_admin("admin.user.created", user.username, sub=user.sub, is_admin=user.is_admin,
+                 groups=[group.name for group in user.groups])
     return jsonify(describe_user(user)), 201
 
 
@@ -161,6 +171,7 @@ def change_user(username: str) -> Response:
         user.groups = get_groups(db(), _strings(data, "groups"))
     if "disabled" in data:
         set_disabled(db(), user, _flag(data, "disabled", False))
+    _audit_admin("admin.user.changed", user.username, sub=user.sub, fields=sorted(data))
     return jsonify(describe_user(user))
 
 
@@ -185,6 +196,9 @@ def add_client() -> tuple[Response, int]:
         first_party=_flag(data, "first_party", True),
     )
     body = describe_client(registered.client)
+    _audit_admin("client.created", registered.client.client_id, **{
+        k: body.get(k) for k in ("client_name", "redirect_uris", "grant_types",
+                                 "token_endpoint_auth_method", "scope")})
     if registered.client_secret:
         body["client_secret"] = registered.client_secret
     return jsonify(body), 201
@@ -209,6 +223,7 @@ def remove_client(client_id: str) -> Response:
     client = _client_or_404(client_id)
     db().delete(client)
     services().client_cache.invalidate(client_id)
+    _audit_admin("client.removed", client_id)
     return Response(status=204)
 
 
@@ -218,4 +233,5 @@ def rotate_client_secret(client_id: str) -> Response:
     client = _client_or_404(client_id)
     secret = rotate_secret(db(), services().secret_hasher, client)
     services().client_cache.invalidate(client_id)
+    _audit_admin("client.secret_rotated", client_id)
     return jsonify(client_id=client.client_id, client_secret=secret)

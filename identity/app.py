@@ -113,7 +113,9 @@ def prepare_instance(services: Services) -> None:
     """Migrate the schema and make the first keys. Run once, before workers start
     (`congvu db upgrade`, `congvu serve`, `congvu demo`), never by each worker."""
     services.database.upgrade()
-    services.keyring.ensure_initialised(services.config["signing_alg"])
+    for record in services.keyring.ensure_initialised(services.config["signing_alg"]):
+        services.audit.append("key.generated", "success", target=record.kid,
+                              details={"alg": record.alg, "state": record.state})
 
 
 def create_app(config: Config | None = None, *, prepare: bool = False, **overrides: Any) -> Flask:

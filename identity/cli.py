@@ -8,6 +8,7 @@ out of shell history and `ps`.
 
 from __future__ import annotations
 
+import getpass
 import json
 import os
 import sys
@@ -41,10 +42,23 @@ class Context:
             self._services = build_services(config)
         return self._services
 
+    def record(self, event: str, target: str | None = None, **details: Any) -> None:
+        """Audit an operator's change made from this command line, after it committed.
+        The actor is the operating-system account that ran the command."""
+        self.services.audit.append(event, "success", actor_username=f"cli:{_os_user()}",
+                                   target=target, details=details or None)
+
     def close(self) -> None:
         """Release the database connections a command opened."""
         if self._services is not None:
             self._services.database.dispose()
+
+
+def _os_user() -> str:
+    try:
+        return getpass.getuser()
+    except (KeyError, OSError):  # no name for this uid (containers)
+        return str(os.getuid())
 
 
 pass_context = click.make_pass_decorator(Context)
@@ -262,9 +276,12 @@ def user_add(obj: Context, username: str, name: str, email: str | None, phone: s
             created = create_user(session, obj.services.passwords, username=username,
                                   password=password, name=name, email=email, phone_number=phone,
                                   groups=list(groups), is_admin=admin)
-            emit(describe_user(created), as_json)
+            described = describe_user(created)
     except AccountError as error:
         raise click.ClickException(str(error)) from None
+    obj.record("admin.user.created", username, sub=described["sub"], is_admin=admin,
+               groups=list(groups))
+    emit(described, as_json)
 
 
 @user.command("list")
@@ -309,7 +326,9 @@ def user_disable(obj: Context, username: str, as_json: bool) -> None:
     """Disable an account: it can no longer sign in; its sessions and tokens end now."""
     from identity.accounts import set_disabled
 
-    emit(_with_user(obj, username, lambda s, u: set_disabled(s, u, True)), as_json)
+    described = _with_user(obj, username, lambda s, u: set_disabled(s, u, True))
+    obj.record("account.disabled", username, sub=described["sub"])
+    emit(described, as_json)
 
 
 @user.command("enable")
@@ -319,7 +338,9 @@ def user_disable(obj: Context, username: str, as_json: bool) -> None:
 def user_enable(obj: Context, username: str, as_json: bool) -> None:
     from identity.accounts import set_disabled
 
-    emit(_with_user(obj, username, lambda s, u: set_disabled(s, u, False)), as_json)
+    described = _with_user(obj, username, lambda s, u: set_disabled(s, u, False))
+    obj.record("account.enabled", username, sub=described["sub"])
+    emit(described, as_json)
 
 
 @user.command("set-password")
@@ -331,7 +352,8 @@ def user_set_password(obj: Context, username: str, password_stdin: bool) -> None
     from identity.accounts import set_password
 
     password = read_password_stdin()
-    _with_user(obj, username, lambda s, u: set_password(u, obj.services.passwords, password))
+    described = _with_user(obj, username, lambda s, u: set_password(u, obj.services.passwords, password))
+    obj.record("password.reset", username, sub=described["sub"])
     click.echo(f"password of {username} changed")
 
 
@@ -378,6 +400,9 @@ def client_add(obj: Context, name: str, redirect_uris: tuple[str, ...], post_log
             data = describe_client(registered.client)
     except ClientRegistrationError as error:
         raise click.ClickException(str(error)) from None
+    obj.record("client.created", data["client_id"], **{
+        k: data.get(k) for k in ("client_name", "redirect_uris", "grant_types",
+                                 "token_endpoint_auth_method", "scope")})
     if registered.client_secret:
         data["client_secret"] = registered.client_secret
     emit(data, as_json)
@@ -429,6 +454,7 @@ def client_rotate_secret(obj: Context, client_id: str, as_json: bool) -> None:
                               lambda s, c: rotate_secret(s, obj.services.secret_hasher, c))
     except ClientRegistrationError as error:
         raise click.ClickException(str(error)) from None
+    obj.record("client.secret_rotated", client_id)
     emit({"client_id": client_id, "client_secret": secret}, as_json)
 
 
@@ -437,6 +463,7 @@ def client_rotate_secret(obj: Context, client_id: str, as_json: bool) -> None:
 @pass_context
 def client_remove(obj: Context, client_id: str) -> None:
     _with_client(obj, client_id, lambda s, c: s.delete(c))
+    obj.record("client.removed", client_id)
     click.echo(f"client {client_id} removed")
 
 
@@ -471,6 +498,7 @@ def keys_rotate(obj: Context, alg: str | None, as_json: bool) -> None:
     services = obj.services
     result = services.keyring.rotate(alg=alg)
     result["pruned"] = services.keyring.prune(max_token_lifetime=services.config.max_token_lifetime)
+    obj.record("key.rotated", result.get("current"), **result)
     emit(result, as_json)
 
 
@@ -493,6 +521,7 @@ def admin_token_create(obj: Context, name: str, as_json: bool) -> None:
     with obj.services.database.session() as session:
         session.add(AdminToken(name=name, token_hash=token_hash(value),
                                created_at=int(time.time()), revoked_at=None))
+    obj.record("admin_token.created", name)
     emit({"name": name, "token": value}, as_json)
 
 

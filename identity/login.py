@@ -86,6 +86,8 @@ def login_submit() -> Response:
     row, cookie_value = sso.start_session(user, amr=["pwd"], acr=sso.ACR_SINGLE_FACTOR)
     audit_event("signin.password", "success", actor_sub=user.sub, actor_username=user.username,
                 reason="credentials.valid", details={"sid": row.sid})
+    audit_event("session.start", "success", only_if_committed=True, actor_sub=user.sub,
+                actor_username=user.username, details={"sid": row.sid, "amr": row.amr, "acr": row.acr})
     response = redirect(resume, 303)
     sso.set_cookie(response, cookie_value)
     return response

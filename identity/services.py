@@ -66,25 +66,37 @@ def end_request_transaction(*, commit: bool) -> None:
     """End the request's own transaction (commit, or roll back), then append what the
     request recorded for the audit log. Flask's request hooks and the machine endpoints
     both end requests through here."""
+    committed = False
     try:
         if commit:
             commit_request_session()
+            committed = True
         else:
             discard_request_session()
     finally:
-        flush_audit_events()
+        flush_audit_events(committed=committed)
 
 
-def audit_event(event: str, outcome: str, **fields: Any) -> None:
+def audit_event(event: str, outcome: str, *, only_if_committed: bool = False, **fields: Any) -> None:
     """Record a security event of this request. It is appended to the audit log after
     the request's own transaction ends (committed or rolled back): an append takes the
     log's lock on its own connection, which on SQLite must not wait behind the request's
-    uncommitted writes. The request's IP, user agent and id are filled in here."""
+    uncommitted writes. The request's IP, user agent and id are filled in here.
+
+    `only_if_committed`: the event describes the request's own writes (a token issued,
+    a client created), so it is dropped if they are rolled back. Refusals and attacks
+    are recorded either way."""
     if has_request_context():
         fields.setdefault("source_ip", request.remote_addr)
         fields.setdefault("user_agent", (request.user_agent.string or "")[:512] or None)
+    else:
+        # The machine endpoints answer outside Flask's request context (see
+        # identity.oidc.machine_endpoints) and leave the caller's address here.
+        source_ip, user_agent = g.get("audit_origin", (None, None))
+        fields.setdefault("source_ip", source_ip)
+        fields.setdefault("user_agent", user_agent)
     fields.setdefault("request_id", request_id())
-    g.setdefault("_audit_events", []).append((event, outcome, fields))
+    g.setdefault("_audit_events", []).append((event, outcome, only_if_committed, fields))
 
 
 def request_id() -> str:
@@ -94,9 +106,10 @@ def request_id() -> str:
     return value
 
 
-def flush_audit_events() -> None:
+def flush_audit_events(*, committed: bool) -> None:
     events = g.pop("_audit_events", None)
     if events:
         audit = services().audit
-        for event, outcome, fields in events:
-            audit.append(event, outcome, **fields)
+        for event, outcome, only_if_committed, fields in events:
+            if committed or not only_if_committed:
+                audit.append(event, outcome, **fields)

@@ -191,16 +191,21 @@ class KeyRing:
                          sealed_private_key=sealed, created_at=now,
                          activated_at=now if state == CURRENT else None)
 
-    def ensure_initialised(self, alg: str, *, now: float | None = None) -> None:
-        """Create a current and a next key when the store has none (first start)."""
+    def ensure_initialised(self, alg: str, *, now: float | None = None) -> list[KeyRecord]:
+        """Create a current and a next key when the store has none (first start);
+        returns the keys it made."""
         now = time.time() if now is None else now
         existing = self._store.list_keys()
         states = {r.state for r in existing}
+        made = []
         if CURRENT not in states:
-            self._store.add_key(self._new_record(alg, CURRENT, now))
+            made.append(self._new_record(alg, CURRENT, now))
         if NEXT not in states:
-            self._store.add_key(self._new_record(alg, NEXT, now))
+            made.append(self._new_record(alg, NEXT, now))
+        for record in made:
+            self._store.add_key(record)
         self.invalidate()
+        return made
 
     def rotate(self, *, alg: str | None = None, now: float | None = None) -> dict[str, str | None]:
         """Promote next → current, current → retired, and make a new next key.

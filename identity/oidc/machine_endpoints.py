@@ -150,6 +150,8 @@ class MachineEndpoints:
         services = self.app.extensions["congvu"]
         with self.app.app_context():
             g.machine_endpoint = True  # the server then returns (status, payload, headers)
+            g.audit_origin = (environ.get("REMOTE_ADDR"),
+                              environ.get("HTTP_USER_AGENT", "")[:512] or None)
             try:
                 request = TokenRequest(services.config.issuer + path, environ, form)
                 server = self.app.extensions["congvu.oauth"]

@@ -50,7 +50,7 @@ from identity.models import (
     User,
 )
 from identity.oidc.tokens import revoke_grant, start_grant
-from identity.services import db, services
+from identity.services import audit_event, db, services
 
 TOKEN_AUTH_METHODS = ["client_secret_basic", "client_secret_post", "private_key_jwt", "none"]
 
@@ -61,6 +61,28 @@ class EndUser:
 
     user: User
     sso: SsoSession
+
+
+def audit_tokens_issued(token: dict[str, Any], *, grant_type: str, client_id: str,
+                        user: User | None = None, grant: Grant | None = None) -> dict[str, Any]:
+    """Record an issuance; the tokens themselves reach the log only as hashes (the audit
+    log hashes any field named like a token), so an auditor can match a presented token."""
+    event = "token.refreshed" if grant_type == "refresh_token" else "token.issued"
+    audit_event(event, "success", only_if_committed=True, client_id=client_id,
+                actor_sub=user.sub if user else None, actor_username=user.username if user else None,
+                details={"grant_type": grant_type, "scope": token.get("scope", ""),
+                         "grant_id": grant.id if grant else None,
+                         "access_token": token.get("access_token"),
+                         "refresh_token": token.get("refresh_token")})
+    return token
+
+
+def audit_grant_revoked(grant_id: str, client_id: str | None, reason: str) -> None:
+    """A presented code or refresh token that was already used means one of two copies
+    is in the wrong hands: the grant ends, and security staff see it as an attack."""
+    attack = reason in ("code_reuse", "refresh_token_reuse")
+    audit_event("token.reused" if attack else "token.revoked", "failure" if attack else "success",
+                client_id=client_id, reason=f"grant.{reason}", details={"grant_id": grant_id})
 
 
 def query_client(client_id: str) -> OAuthClient | None:
@@ -168,6 +190,7 @@ class CodeGrant(grants.AuthorizationCodeGrant):
         ).rowcount == 1
         if not consumed:
             revoke_grant(session, row.grant_id, "code_reuse")
+            audit_grant_revoked(row.grant_id, row.client_id, "code_reuse")
             return None
         if row.client_id != client.client_id or row.expires_at <= now:
             return None
@@ -186,11 +209,13 @@ class CodeGrant(grants.AuthorizationCodeGrant):
     def generate_token(self, user=None, scope=None, grant_type=None, expires_in=None,
                        include_refresh_token=True):  # type: ignore[no-untyped-def]
         grant = self.request.authorization_code.grant
-        return services().tokens.issue(
+        token = services().tokens.issue(
             db(), client_id=self.request.client.client_id, scope=scope, sub=user.sub, grant=grant,
             include_refresh_token=include_refresh_token
             and "offline_access" in scope_to_list(scope),
         )
+        return audit_tokens_issued(token, grant_type="authorization_code", user=user, grant=grant,
+                                   client_id=self.request.client.client_id)
 
 
 class OpenIDConnect(OpenIDCode):
@@ -268,6 +293,7 @@ class RefreshGrant(grants.RefreshTokenGrant):
                                .with_for_update(key_share=True))
         if not tokens.consume_refresh_token(session, row):
             revoke_grant(session, row.grant_id, "refresh_token_reuse")
+            audit_grant_revoked(row.grant_id, row.client_id, "refresh_token_reuse")
             return None
         if grant is None or grant.revoked_at is not None or row.expires_at <= time.time():
             return None
@@ -281,10 +307,13 @@ class RefreshGrant(grants.RefreshTokenGrant):
 
     def generate_token(self, user=None, scope=None, grant_type=None, expires_in=None,
                        include_refresh_token=True):  # type: ignore[no-untyped-def]
-        return services().tokens.issue(
+        grant = self.request.refresh_token.grant
+        token = services().tokens.issue(
             db(), client_id=self.request.client.client_id, scope=scope, sub=user.sub,
-            grant=self.request.refresh_token.grant, include_refresh_token=include_refresh_token,
+            grant=grant, include_refresh_token=include_refresh_token,
         )
+        return audit_tokens_issued(token, grant_type="refresh_token", user=user, grant=grant,
+                                   client_id=self.request.client.client_id)
 
 
 class RefreshTokenRecord:
@@ -306,7 +335,8 @@ class ClientCredentialsGrant(grants.ClientCredentialsGrant):
                        include_refresh_token=True):  # type: ignore[no-untyped-def]
         client = self.request.client
         scope = client.get_allowed_scope(scope) if scope else ""
-        return services().tokens.issue(None, client_id=client.client_id, scope=scope)
+        token = services().tokens.issue(None, client_id=client.client_id, scope=scope)
+        return audit_tokens_issued(token, grant_type="client_credentials", client_id=client.client_id)
 
 
 # -- client authentication --------------------------------------------------------------
@@ -445,9 +475,13 @@ class Revocation(RevocationEndpoint):
         session = db()
         if token.kind == "access_token":
             services().tokens.revoke_access_token(session, token.claims)
+            audit_event("token.revoked", "success", only_if_committed=True, client_id=token.client_id,
+                        reason="token.revoked_by_client",
+                        details={"jti": token.claims.get("jti"), "token_kind": "access_token"})
         elif token.refresh is not None:
             # RFC 7009 §2.1: revoking a refresh token also ends the access tokens of its grant.
             revoke_grant(session, token.refresh.grant_id, "revoked_by_client")
+            audit_grant_revoked(token.refresh.grant_id, token.client_id, "revoked_by_client")
 
 
 class AccessTokenRecord:
@@ -516,6 +550,18 @@ class OAuthServer(AuthorizationServer):
             # werkzeug header machinery) would cost more than building the token.
             return status_code, payload, headers
         return super().handle_response(status_code, payload, headers)
+
+    def handle_error_response(self, request: Any, error: Any) -> Any:
+        # Refusals at the token endpoint (a wrong client secret, a bad or replayed code)
+        # are what security staff look for; the other endpoints' errors are the client's.
+        if request.uri.endswith("/token"):
+            client = getattr(request, "client", None)
+            client_id = client.client_id if client is not None else request.payload.client_id
+            grant_type = request.payload.grant_type
+            audit_event("token.refused", "failure", reason=f"oauth.{error.error}",
+                        client_id=client_id[:128] if isinstance(client_id, str) else None,
+                        details={"grant_type": grant_type[:64] if isinstance(grant_type, str) else None})
+        return super().handle_error_response(request, error)
 
     def get_authorization_grant(self, request: Any) -> Any:
         # authlib quotes an unknown response_type into the error description, then

@@ -219,7 +219,11 @@ def authorize() -> Response:
                 "consent.html", client=client.row, user=active.user,
                 scopes=grant.request.payload.scope.split(),
                 action=request.full_path), headers={"Cache-Control": "no-store"})
-        if request.form.get("decision") != "allow":
+        allowed = request.form.get("decision") == "allow"
+        audit_event("consent.granted" if allowed else "consent.denied", "success",
+                    actor_sub=active.user.sub, actor_username=active.user.username,
+                    client_id=client.client_id, details={"scope": grant.request.payload.scope})
+        if not allowed:
             return server().create_authorization_response(grant=grant, grant_user=None)
     return server().create_authorization_response(grant=grant, grant_user=end_user)
 

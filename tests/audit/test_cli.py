@@ -51,10 +51,11 @@ def tool(tmp_path: Path, database_url: str) -> Iterator[Tool]:
 def test_verify_a_clean_log(tool: Tool) -> None:
     result = tool("audit", "verify")
     assert result.exit_code == 0, result.output
-    # Checkpoints at 1 (the first record), 5 and 10.
-    assert result.stdout.strip() == "audit log verified: 12 records, 3 checkpoints"
+    # `db upgrade` recorded the two signing keys it made, then 12 sign-ins: checkpoints
+    # at 1 (the first record), 5 and 10.
+    assert result.stdout.strip() == "audit log verified: 14 records, 3 checkpoints"
     data = json.loads(tool("audit", "verify", "--json").stdout)
-    assert data == {"verified": True, "records": 12, "checkpoints": 3}
+    assert data == {"verified": True, "records": 14, "checkpoints": 3}
 
 
 def test_verify_names_the_first_bad_record(tool: Tool, database_url: str) -> None:
@@ -80,11 +81,12 @@ def test_list_newest_first(tool: Tool) -> None:
     result = tool("audit", "list", "--limit", "3")
     assert result.exit_code == 0, result.output
     lines = result.stdout.strip().splitlines()
-    assert len(lines) == 3 and lines[0].split()[0] == "12" and "can.bo12" in lines[0]
+    assert len(lines) == 3 and lines[0].split()[0] == "14" and "can.bo12" in lines[0]
     assert "Sở Nội vụ" in lines[0]
     records = json.loads(tool("audit", "list", "--json").stdout)
-    assert [r["seq"] for r in records] == list(range(12, 0, -1))
+    assert [r["seq"] for r in records] == list(range(14, 0, -1))
     assert records[0]["details"] == {"n": 12} and len(records[0]["hash"]) == 64
+    assert [r["event"] for r in records[-2:]] == ["key.generated", "key.generated"]
 
 
 def test_list_an_empty_log_and_a_bad_limit(tmp_path: Path, database_url: str) -> None:
@@ -92,7 +94,12 @@ def test_list_an_empty_log_and_a_bad_limit(tmp_path: Path, database_url: str) ->
     data.mkdir()
     tool = Tool(data, {"CONGVU_DATABASE_URL": database_url, "CONGVU_MASTER_KEY": None,
                        "CONGVU_CONFIG": None, "CONGVU_DATA_DIR": None})
-    assert tool("db", "upgrade").exit_code == 0
+    from identity.db import Database
+
+    # Only the schema: `congvu db upgrade` would also make (and record) the first keys.
+    database = Database(database_url)
+    database.upgrade()
+    database.dispose()
     assert tool("audit", "list").stdout.strip() == "(no audit records)"
     assert tool("audit", "verify").stdout.strip() == "audit log verified: 0 records, 0 checkpoints"
     assert tool("audit", "list", "--limit", "0").exit_code == 2

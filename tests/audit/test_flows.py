@@ -22,10 +22,14 @@ def test_sign_in_failure_then_success_then_sign_out_are_recorded(instance) -> No
     assert http.post("/logout", data={"csrf_token": csrf_token(page), "confirm": "yes"}).status_code == 200
 
     audit = instance.services.audit
-    records = list(reversed(audit.recent(10)))
+    records = [r for r in reversed(audit.recent(10)) if r["event"] != "key.generated"]
     assert [(r["event"], r["outcome"]) for r in records] == [
-        ("signin.password", "failure"), ("signin.password", "success"), ("session.end", "success")]
-    failure, success, ended = records
+        ("signin.password", "failure"), ("signin.password", "success"), ("session.start", "success"),
+        ("session.end", "success")]
+    failure, success, started, ended = records
+    assert started["details"]["sid"] == success["details"]["sid"]
+    assert started["details"]["amr"] == ["pwd"] and started["request_id"] == success["request_id"]
+    records = [failure, success, ended]
     assert failure["actor_username"] == "canbo" and failure["actor_sub"] is None
     assert failure["reason"] == "credentials.invalid"
     assert success["actor_sub"] == user.sub and ended["actor_sub"] == user.sub
