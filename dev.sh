@@ -22,7 +22,9 @@ setup_python() {
 }
 
 # Debian packages the tests use; installed only where missing (CI runs as root).
-DEBIAN_PACKAGES=()  # later: slapd (directory), chromium (browser tests), swaks (mail)
+# chromium: the browser tests (Playwright drives Debian's build; it downloads none).
+# slapd, ldap-utils: a throwaway OpenLDAP server for the directory tests (tests/directory).
+DEBIAN_PACKAGES=(chromium slapd ldap-utils)  # later: swaks (mail)
 setup_debian() {
     local missing=()
     for package in "${DEBIAN_PACKAGES[@]}"; do

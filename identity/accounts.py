@@ -6,11 +6,11 @@ import time
 import unicodedata
 import uuid
 
-from sqlalchemy import select
+from sqlalchemy import delete, func, select
 from sqlalchemy.orm import Session
 
 from identity.credentials import Passwords
-from identity.models import Group, User
+from identity.models import Group, PasswordHistory, User
 
 
 class AccountError(ValueError):
@@ -25,15 +25,26 @@ def normalise_username(username: str) -> str:
     return unicodedata.normalize("NFC", username.strip()).lower()
 
 
-def normalise_password(password: str) -> str:
-    # NFKC before hashing: composed and decomposed Vietnamese input hash the same.
-    return unicodedata.normalize("NFKC", password)
-
-
 def find_user(session: Session, username: str) -> User | None:
     if "\x00" in username:  # no account has one, and PostgreSQL text cannot hold it
         return None
     return session.scalar(select(User).where(User.username == normalise_username(username)))
+
+
+def find_user_by_email(session: Session, email: str) -> User | None:
+    """The official whose address this is now or, failing that, was most recently (a
+    directory changed their mail and the old one became an alias)."""
+    from identity.models import UserEmailAlias
+
+    address = email.strip()
+    if not address or "\x00" in address:
+        return None
+    current = session.scalar(select(User).where(func.lower(User.email) == address.lower()).limit(1))
+    if current is not None:
+        return current
+    return session.scalar(select(User).join(UserEmailAlias, UserEmailAlias.user_id == User.id)
+                          .where(func.lower(UserEmailAlias.email) == address.lower())
+                          .order_by(UserEmailAlias.created_at.desc()).limit(1))
 
 
 def get_groups(session: Session, names: list[str]) -> list[Group]:
@@ -63,8 +74,9 @@ def create_user(session: Session, passwords: Passwords, *, username: str, passwo
         name=unicodedata.normalize("NFC", name), given_name=unicodedata.normalize("NFC", given_name),
         family_name=unicodedata.normalize("NFC", family_name), email=email,
         email_verified=bool(email), phone_number=phone_number,
-        password_hash=passwords.hash(normalise_password(password)) if password else None,
+        password_hash=passwords.hash(password) if password else None,  # hash() applies NFKC
         disabled=False, is_admin=is_admin, created_at=now, updated_at=now,
+        password_changed_at=now if password else None,
     )
     user.groups = get_groups(session, list(groups))
     session.add(user)
@@ -72,9 +84,28 @@ def create_user(session: Session, passwords: Passwords, *, username: str, passwo
     return user
 
 
-def set_password(user: User, passwords: Passwords, password: str) -> None:
-    user.password_hash = passwords.hash(normalise_password(password))
-    user.updated_at = int(time.time())
+def set_password(user: User, passwords: Passwords, password: str, *, session: Session | None = None,
+                 keep_history: int = 0) -> None:
+    """Store a new password. With `keep_history`, the replaced hash joins the user's
+    history (the newest `keep_history` are kept) for the policy's no-reuse rule."""
+    now = int(time.time())
+    if session is not None and keep_history and user.password_hash:
+        session.add(PasswordHistory(user_id=user.id, password_hash=user.password_hash, created_at=now))
+        session.flush()
+        stale = session.scalars(select(PasswordHistory.id).where(PasswordHistory.user_id == user.id)
+                                .order_by(PasswordHistory.id.desc()).offset(keep_history)).all()
+        if stale:
+            session.execute(delete(PasswordHistory).where(PasswordHistory.id.in_(stale)))
+    user.password_hash = passwords.hash(password)  # hash() applies NFKC
+    user.password_changed_at = now
+    user.updated_at = now
+
+
+def password_history(session: Session, user: User) -> list[str]:
+    """The current and earlier password hashes, newest first."""
+    earlier = session.scalars(select(PasswordHistory.password_hash).where(PasswordHistory.user_id == user.id)
+                              .order_by(PasswordHistory.id.desc())).all()
+    return ([user.password_hash] if user.password_hash else []) + list(earlier)
 
 
 def authenticate(session: Session, passwords: Passwords, username: str, password: str) -> User | None:
@@ -85,11 +116,13 @@ def authenticate(session: Session, passwords: Passwords, username: str, password
     which one it was.
     """
     user = find_user(session, username) if username else None
-    ok = passwords.verify(user.password_hash if user else None, normalise_password(password))
+    # As typed: verify() applies NFKC, and tries the other Unicode forms on imported hashes.
+    ok = passwords.verify(user.password_hash if user else None, password)
     if not ok or user is None or user.disabled:
         return None
-    if passwords.needs_rehash(user.password_hash):  # policy parameters changed
-        set_password(user, passwords, password)
+    if passwords.needs_rehash(user.password_hash):  # parameters changed, or imported from a directory
+        # The same password, rehashed: not a change (its age and history stay as they are).
+        user.password_hash = passwords.hash(password)
     return user
 
 

@@ -175,6 +175,16 @@ def change_user(username: str) -> Response:
     return jsonify(describe_user(user))
 
 
+@bp.post("/v1/users/<username>/unlock")
+@admin_required
+def unlock_user(username: str) -> Response:
+    """Lift a brute-force lock from the account (temporary, or past the hard cap)."""
+    user = _user_or_404(username)
+    was_locked = services().throttle.unlock(db(), user.username)
+    _audit_admin("account.unlocked", user.username, sub=user.sub, was_locked=was_locked)
+    return jsonify(username=user.username, was_locked=was_locked)
+
+
 @bp.get("/v1/clients")
 @admin_required
 def list_clients() -> Response:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from datetime import UTC, datetime, timedelta, timezone
 from typing import Any
 from urllib.parse import urlencode
 
@@ -21,11 +22,15 @@ from identity.credentials import Passwords, SecretHasher
 from identity.db import Database
 from identity.i18n import init_i18n
 from identity.keystore import DatabaseKeyStore
+from identity.mfa import SecondFactors
 from identity.oidc.machine_endpoints import MachineEndpoints
 from identity.oidc.tokens import TokenService, TokenSettings
+from identity.passkeys import Passkeys
 from identity.services import Services, end_request_transaction
+from identity.throttle import LoginThrottle
 from keys.ring import KeyRing
 
+VIETNAM_TIME = timezone(timedelta(hours=7), "ICT")
 log = logging.getLogger("congvu")
 
 SECURITY_HEADERS = {
@@ -106,7 +111,23 @@ def build_services(config: Config) -> Services:
                                    checkpoint_every=config["audit.checkpoint_every"],
                                    checkpoint_seconds=config["audit.checkpoint_seconds"]),
                     secret_hasher=SecretHasher(config.master_key.derive("client-secret-pepper")),
-                    passwords=Passwords(config.password_hash_policy))
+                    passwords=Passwords(config.password_hash_policy),
+                    mfa=SecondFactors(config.master_key,
+                                      SecretHasher(config.master_key.derive("recovery-code-pepper")),
+                                      issuer_name=config["mfa_issuer_name"],
+                                      window_steps=config.mfa_policy.totp_window_steps),
+                    throttle=LoginThrottle(config.lockout_policy),
+                    passkeys=Passkeys(config.issuer, rp_name=config["mfa_issuer_name"]),
+                    directories=build_directories(config))
+
+
+def build_directories(config: Config) -> dict[str, Any]:
+    """One LdapDirectory per `[directories.<name>]`; they connect on first use."""
+    if not config.directories:
+        return {}
+    from identity.directory.ldap import LdapDirectory
+
+    return {settings.name: LdapDirectory(settings) for settings in config.directories}
 
 
 def prepare_instance(services: Services) -> None:
@@ -151,7 +172,9 @@ def create_app(config: Config | None = None, *, prepare: bool = False, **overrid
     init_i18n(app, config.data_dir)
     csrf = CSRFProtect(app)
 
+    from identity.account import bp as account_bp
     from identity.admin_api import bp as admin_bp
+    from identity.audit.console import bp as audit_console_bp
     from identity.login import bp as login_bp
     from identity.oidc import views as oidc_views
     from identity.oidc.server import build_authorization_server
@@ -160,12 +183,28 @@ def create_app(config: Config | None = None, *, prepare: bool = False, **overrid
     app.extensions["congvu.oauth"] = oauth_server
     app.register_blueprint(oidc_views.bp)
     app.register_blueprint(login_bp)
+    app.register_blueprint(account_bp)
+    app.register_blueprint(audit_console_bp)
     app.register_blueprint(admin_bp)
     csrf.exempt(admin_bp)
     # Machine endpoints: called by relying parties with their own credentials, not by a
     # browser form of ours, so they carry no CSRF token.
     for view in (oidc_views.token, oidc_views.userinfo, oidc_views.introspect, oidc_views.revoke):
         csrf.exempt(view)
+
+    @app.template_filter("isotime")
+    def _isotime(epoch: float) -> str:
+        return datetime.fromtimestamp(epoch, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+    @app.template_filter("localtime")
+    def _localtime(epoch: float) -> str:
+        # Viet Nam keeps UTC+7 all year (no daylight saving), so no tz database is needed.
+        return datetime.fromtimestamp(epoch, VIETNAM_TIME).strftime("%d/%m/%Y %H:%M")
+
+    @app.template_filter("rfc3339_local")
+    def _rfc3339_local(stamp: str) -> str:
+        moment = datetime.strptime(stamp[:19], "%Y-%m-%dT%H:%M:%S").replace(tzinfo=UTC)
+        return moment.astimezone(VIETNAM_TIME).strftime("%d/%m/%Y %H:%M:%S")
 
     @app.context_processor
     def _template_helpers() -> dict[str, Any]:

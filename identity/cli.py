@@ -52,6 +52,8 @@ class Context:
         """Release the database connections a command opened."""
         if self._services is not None:
             self._services.database.dispose()
+            for directory in self._services.directories.values():
+                directory.close()
 
 
 def _os_user() -> str:
@@ -343,6 +345,22 @@ def user_enable(obj: Context, username: str, as_json: bool) -> None:
     emit(described, as_json)
 
 
+@user.command("unlock")
+@click.argument("username")
+@pass_context
+def user_unlock(obj: Context, username: str) -> None:
+    """Lift a brute-force lock (temporary, or past the hard cap) from an account."""
+    from identity.accounts import find_user
+
+    with obj.services.database.session() as session:
+        found = find_user(session, username)
+        if found is None:
+            raise click.ClickException(f"no user {username!r}")
+        was_locked = obj.services.throttle.unlock(session, found.username)
+    obj.record("account.unlocked", found.username, sub=found.sub, was_locked=was_locked)
+    click.echo(f"{found.username} unlocked" if was_locked else f"{found.username} was not locked")
+
+
 @user.command("set-password")
 @click.argument("username")
 @click.option("--password-stdin", is_flag=True, required=True,
@@ -352,7 +370,13 @@ def user_set_password(obj: Context, username: str, password_stdin: bool) -> None
     from identity.accounts import set_password
 
     password = read_password_stdin()
-    described = _with_user(obj, username, lambda s, u: set_password(u, obj.services.passwords, password))
+    def reset(session, user):  # type: ignore[no-untyped-def]
+        set_password(user, obj.services.passwords, password, session=session,
+                     keep_history=obj.services.config.password_policy.history_count)
+        # A reset by an operator also lifts a lock, as NIST's hard cap intends.
+        return obj.services.throttle.unlock(session, user.username)
+
+    described = _with_user(obj, username, reset)
     obj.record("password.reset", username, sub=described["sub"])
     click.echo(f"password of {username} changed")
 
@@ -525,6 +549,140 @@ def admin_token_create(obj: Context, name: str, as_json: bool) -> None:
     emit({"name": name, "token": value}, as_json)
 
 
+# -- directories of officials ------------------------------------------------------------
+@main.group()
+def directory() -> None:
+    """Directories of officials (OpenLDAP, Active Directory): test, sync."""
+
+
+def _chosen_directories(obj: Context, name: str | None) -> list[Any]:
+    configured = obj.services.directories
+    if not configured:
+        raise click.ClickException("no directory is configured ([directories.<name>] in congvu.toml)")
+    if name is None:
+        return list(configured.values())
+    if name not in configured:
+        raise click.ClickException(f"no directory {name!r} (configured: {', '.join(configured)})")
+    return [configured[name]]
+
+
+directory_name_option = click.option("--name", default=None,
+                                     help="Only this directory (default: every configured one).")
+
+
+@directory.command("test")
+@directory_name_option
+@pass_context
+def directory_test(obj: Context, name: str | None) -> None:
+    """Connect to each server, bind as the service account, count users and groups; say what
+    works and what does not (no secret is printed). Exit status 1 if anything failed."""
+    failed = False
+    for configured in _chosen_directories(obj, name):
+        settings = configured.settings
+        click.echo(f"{configured.name}: {settings.kind}, {settings.mode} mode, tls {settings.tls}")
+        for step in configured.check():
+            failed = failed or not step.ok
+            click.echo(f"  {'ok  ' if step.ok else 'FAIL'} {step.step}: {step.message}")
+    if failed:
+        sys.exit(1)
+
+
+class _SyncProgress:
+    """A click progress bar on standard error, drawn once the sync knows how many entries
+    it will read."""
+
+    def __init__(self, label: str, enabled: bool) -> None:
+        self.label, self.enabled = label, enabled
+        self.bar: Any = None
+        self.done = 0
+
+    def __call__(self, done: int, total: int | None) -> None:
+        if not self.enabled or not total:
+            return
+        if self.bar is None:
+            self.bar = click.progressbar(length=total, label=self.label, file=sys.stderr,
+                                         show_pos=True)
+            self.bar.__enter__()
+        self.bar.update(done - self.done)
+        self.done = done
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.__exit__(None, None, None)
+            self.bar = None
+
+
+def _sync_once(obj: Context, configured: Any, *, full: bool, force: bool, as_json: bool) -> dict | None:
+    from identity.directory.errors import DirectoryError
+    from identity.directory.sync import sync_directory
+
+    progress = _SyncProgress(f"{configured.name}", enabled=not as_json)
+    try:
+        report = sync_directory(obj.services.database, obj.services.audit, configured, full=full,
+                                force=force, progress=progress, actor=f"cli:{_os_user()}")
+    except DirectoryError as error:
+        progress.close()
+        click.secho(f"{configured.name}: sync failed ({error.reason}): {error.detail or error}",
+                    fg="red", err=True)
+        return None
+    progress.close()
+    details = report.details()
+    emit(details, as_json, (
+        f"{report.directory}: {'full' if report.full else 'incremental'} sync in {report.seconds:.1f} s: "
+        f"{report.read} read, {report.created} created, {report.updated} updated, "
+        f"{report.unchanged} unchanged, {report.disabled} disabled, {report.enabled} enabled"
+        + (f", {report.conflicts} conflicts" if report.conflicts else "")
+        + (f", {report.invalid} invalid entries" if report.invalid else "")))
+    return details
+
+
+def _full_sync_due(obj: Context, configured: Any) -> bool:
+    from identity.models import DirectorySyncState
+
+    with obj.services.database.session() as session:
+        state = session.get(DirectorySyncState, configured.name)
+        last_full = state.full_synced_at if state is not None else None
+    return last_full is None or time.time() - last_full >= configured.settings.full_sync_every_hours * 3600
+
+
+@directory.command("sync")
+@click.option("--full", is_flag=True, help="Read every entry (default: only what changed since the "
+              "last sync; the first sync is always full).")
+@directory_name_option
+@click.option("--every", "every", type=click.IntRange(10, 86400), default=None, metavar="SECONDS",
+              help="Keep running (until SIGTERM or Ctrl-C): sync every SECONDS, incremental, with a "
+                   "full sync once the last one is older than full_sync_every_hours.")
+@click.option("--force", is_flag=True, help="Disable accounts even beyond max_disable_percent.")
+@json_option
+@pass_context
+def directory_sync(obj: Context, full: bool, name: str | None, every: int | None, force: bool,
+                   as_json: bool) -> None:
+    """Import users and groups from the directory: creates and updates accounts, disables
+    those removed or disabled there (their sessions and refresh tokens end), one audit
+    record per sync. Exit status 1 if a directory could not be synced."""
+    import signal
+    import threading
+
+    chosen = _chosen_directories(obj, name)
+    if every is None:
+        results = [_sync_once(obj, configured, full=full, force=force, as_json=as_json)
+                   for configured in chosen]
+        if any(result is None for result in results):
+            sys.exit(1)
+        return
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    try:
+        while not stop.is_set():
+            for configured in chosen:
+                _sync_once(obj, configured, full=full or _full_sync_due(obj, configured), force=force,
+                           as_json=as_json)
+            full = False  # --full asks for one full sync, not for every one
+            stop.wait(every)
+    except KeyboardInterrupt:
+        pass
+
+
 # -- audit log ----------------------------------------------------------------------------
 @main.group()
 def audit() -> None:
@@ -532,20 +690,110 @@ def audit() -> None:
 
 
 @audit.command("verify")
+@click.option("--checkpoints", "checkpoint_file", type=click.Path(exists=True, dir_okay=False),
+              default=None, help="Also check the off-host checkpoint file (audit.checkpoint_file) "
+              "against the database: finds a log cut short after its last internal checkpoint.")
 @json_option
 @pass_context
-def audit_verify(obj: Context, as_json: bool) -> None:
+def audit_verify(obj: Context, checkpoint_file: str | None, as_json: bool) -> None:
     """Recompute the hash chain and check the signed checkpoints; exit 1 on any change."""
+    from identity.audit.checkpoint_file import (
+        CheckpointFileError,
+        read_checkpoint_file,
+        verify_against_database,
+    )
+
     log = obj.services.audit
+    offhost = None
+    if checkpoint_file is not None:
+        # Read before the database: see verify_against_database.
+        try:
+            offhost = read_checkpoint_file(checkpoint_file)
+        except CheckpointFileError as error:
+            raise click.ClickException(f"audit log NOT verified: {checkpoint_file}: {error}") from None
     finding = log.verify()
+    if finding is None and offhost is not None:
+        finding = verify_against_database(log.database, offhost)
     records, checkpoints = log.counts()
+    counts: dict[str, Any] = {"records": records, "checkpoints": checkpoints}
+    summary = f"{records} records, {checkpoints} checkpoints"
+    if offhost is not None:
+        counts["offhost_checkpoints"] = len(offhost)
+        summary += f", {len(offhost)} off-host checkpoints"
     if finding is None:
-        emit({"verified": True, "records": records, "checkpoints": checkpoints}, as_json,
-             f"audit log verified: {records} records, {checkpoints} checkpoints")
+        emit({"verified": True, **counts}, as_json, f"audit log verified: {summary}")
         return
-    emit({"verified": False, "records": records, "checkpoints": checkpoints, **finding.as_dict()},
+    emit({"verified": False, **counts, **finding.as_dict()},
          as_json, f"audit log NOT verified: record {finding.seq}: {finding.kind} ({finding.detail})")
     sys.exit(1)
+
+
+@audit.command("forward")
+@click.option("--once", is_flag=True,
+              help="Send what is pending, then exit (status 1 if a destination could not be reached).")
+@pass_context
+def audit_forward(obj: Context, once: bool) -> None:
+    """Send the log off the host: every record and signed checkpoint to the SIEM
+    (audit.forward.*: RFC 5424 syslog over TLS or TCP), each checkpoint to the off-host
+    checkpoint file (audit.checkpoint_file). Runs until stopped (SIGTERM, Ctrl-C), as a
+    process of its own, so that a slow or absent receiver never holds up a request."""
+    import logging
+    import signal
+    import threading
+
+    from identity.audit.forwarder import ForwarderSetupError, forwarder_from_config
+
+    services = obj.services
+    try:
+        forwarder = forwarder_from_config(services.config, services.database, services.audit)
+    except ForwarderSetupError as error:
+        raise click.ClickException(f"invalid setting {error}") from None
+    # Its own handler, not the root logger's: the command says what it does, nothing else.
+    logger = logging.getLogger("congvu.audit.forward")
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
+    logger.addHandler(handler)
+    logger.setLevel(logging.INFO)
+    try:
+        if once:
+            try:
+                failures = forwarder.forward_once()
+            finally:
+                forwarder.close()
+            for name, status in forwarder.status().items():
+                click.echo(f"{name}: {status.sent} sent" + (" (not reachable)" if name in failures else ""))
+            if failures:
+                sys.exit(1)
+            return
+        stop = threading.Event()
+        signal.signal(signal.SIGTERM, lambda *_: stop.set())
+        try:
+            forwarder.run(stop)
+        except KeyboardInterrupt:
+            pass
+    finally:
+        logger.removeHandler(handler)
+
+
+@audit.command("prune")
+@click.option("--dry-run", is_flag=True, help="Say what would be removed; remove nothing.")
+@json_option
+@pass_context
+def audit_prune(obj: Context, dry_run: bool, as_json: bool) -> None:
+    """Remove records older than [policies.audit_retention] keep_days (at least a year),
+    up to a signed checkpoint; the rest still verifies from it."""
+    from identity.audit.retention import plan_prune, prune
+
+    keep_days = obj.services.config.audit_retention_policy.keep_days
+    if dry_run:
+        plan = plan_prune(obj.services.audit, keep_days)
+    else:
+        plan = prune(obj.services.audit, keep_days, actor=f"cli:{_os_user()}")
+    data = {"dry_run": dry_run, "keep_days": keep_days, "cutoff": plan.cutoff, "records": plan.records,
+            "first_seq": plan.first_seq, "through_seq": plan.through_seq}
+    verb = "would remove" if dry_run else "removed"
+    emit(data, as_json, f"{verb} {plan.records} records older than {plan.cutoff}"
+         + (f" (records {plan.first_seq}..{plan.through_seq})" if plan.records else ""))
 
 
 @audit.command("list")
@@ -561,6 +809,93 @@ def audit_list(obj: Context, limit: int, as_json: bool) -> None:
         f"{r['actor_username'] or r['actor_sub'] or '-'} {r['target'] or ''}".rstrip()
         for r in rows) or "(no audit records)"
     emit(rows, as_json, human)
+
+
+def audit_filter_options(command: Any) -> Any:
+    """The console's filters, shared by `audit search` and `audit export`."""
+    options = [
+        click.option("--user", help="Username, subject or target: what a person did and what "
+                                    "was done to their account."),
+        click.option("--event", help="Event name, or a prefix ending in '.' or '*' (signin.)."),
+        click.option("--outcome", help="success, failure, ..."),
+        click.option("--client", "client_id", help="Client id."),
+        click.option("--ip", "source_ip", help="Source IP address."),
+        click.option("--since", help="From this time on (RFC 3339 with offset, e.g. "
+                                     "2026-11-26T08:00:00+07:00)."),
+        click.option("--until", help="Before this time (RFC 3339 with offset)."),
+    ]
+    for option in reversed(options):
+        command = option(command)
+    return command
+
+
+def audit_query(filters: dict[str, str | None]) -> Any:
+    from identity.audit.search import AuditQuery, InvalidQuery
+
+    try:
+        return AuditQuery(**filters)
+    except InvalidQuery as error:
+        raise click.UsageError(str(error)) from None
+
+
+@audit.command("search")
+@audit_filter_options
+@click.option("--limit", type=click.IntRange(1, 1000), default=50, show_default=True,
+              help="Records per page.")
+@click.option("--before", "before_seq", type=click.IntRange(min=1), default=None,
+              help="Only records older than this seq: the next page.")
+@json_option
+@pass_context
+def audit_search(obj: Context, limit: int, before_seq: int | None, as_json: bool,
+                 **filters: str | None) -> None:
+    """Matching records, newest first, a page at a time."""
+    from identity.audit.search import search
+
+    page = search(obj.services.database, audit_query(filters), limit, before_seq)
+    lines = [f"{'seq':>8} {'time (UTC)':<27} {'event':<24} {'outcome':<8} {'user':<20} "
+             f"{'client':<16} {'ip':<15} target"] if page.records else ["(no matching records)"]
+    lines += [f"{r['seq']:>8} {r['ts']:<27} {r['event']:<24} {r['outcome']:<8} "
+              f"{r['actor_username'] or r['actor_sub'] or '-':<20} {r['client_id'] or '-':<16} "
+              f"{r['source_ip'] or '-':<15} {r['target'] or ''}".rstrip() for r in page.records]
+    if page.next_before_seq is not None:
+        lines.append(f"(older records: add --before {page.next_before_seq})")
+    emit({"records": page.records, "next_before_seq": page.next_before_seq}, as_json, "\n".join(lines))
+
+
+@audit.command("export")
+@click.option("--format", "fmt", type=click.Choice(["jsonl", "csv"]), required=True,
+              help="JSON lines (one record a line) or CSV with a header row.")
+@audit_filter_options
+@click.option("--output", type=click.Path(dir_okay=False), default=None,
+              help="File to write (created readable by its owner only); default standard output.")
+@pass_context
+def audit_export(obj: Context, fmt: str, output: str | None, **filters: str | None) -> None:
+    """Matching records, oldest first, as JSON lines or CSV; the export itself is audited."""
+    from identity.audit.search import export
+
+    query = audit_query(filters)
+
+    def write_to(stream: Any) -> int:
+        lines = 0
+        for piece in export(obj.services.database, query, fmt):  # type: ignore[arg-type]
+            stream.write(piece)
+            lines += 1
+        stream.flush()
+        return lines
+
+    if output is None:
+        lines = write_to(sys.stdout)
+    else:
+        # The log names people and their addresses: a new export file is the owner's
+        # alone. newline="": CSV lines end in CRLF as written, on every platform.
+        descriptor = os.open(output, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with open(descriptor, "w", encoding="utf-8", newline="") as file:
+            lines = write_to(file)
+    records = max(lines - 1, 0) if fmt == "csv" else lines  # the CSV header is no record
+    # Who took which records out of the system is itself worth knowing.
+    obj.record("audit.exported", None, format=fmt, records=records,
+               filters={k: v for k, v in query.__dict__.items() if v is not None})
+    click.echo(f"exported {records} records" + (f" to {output}" if output else ""), err=True)
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -14,6 +14,8 @@ it in step.
 from __future__ import annotations
 
 import dataclasses
+import inspect
+import json
 import os
 import tomllib
 from dataclasses import dataclass, field
@@ -21,9 +23,23 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
+from identity.audit.forward import FACILITIES
+from identity.directory.settings import (
+    DirectorySettings,
+    DirectorySettingsError,
+    directory_reference_markdown,
+)
 from keys.master import MasterKey, MasterKeyError, load_or_create_master_key_file
 from keys.ring import SIGNING_ALGORITHMS
-from policies import PasswordHashPolicy, PolicyError, SessionPolicy
+from policies import (
+    AuditRetentionPolicy,
+    LockoutPolicy,
+    MfaPolicy,
+    PasswordHashPolicy,
+    PasswordPolicy,
+    PolicyError,
+    SessionPolicy,
+)
 
 ENV_PREFIX = "CONGVU_"
 
@@ -88,10 +104,54 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("audit.checkpoint_seconds", int, 60,
             "Sign the audit chain's head when a record is written this many seconds or more "
             "after the last signed checkpoint.", minimum=0, maximum=86400),
+    Setting("audit.forward.address", str, "",
+            "`host:port` (`[v6]:port` for IPv6) of the SIEM's syslog receiver that `congvu audit "
+            "forward` sends every record and checkpoint to (RFC 5424, octet-counted frames); "
+            "usually port 6514 for TLS. Empty: no forwarding to a SIEM."),
+    Setting("audit.forward.transport", str, "tls",
+            "How to reach the receiver: `tls` (RFC 5425; the certificate is verified) or "
+            "plain `tcp` (RFC 6587, for a receiver on the same trusted network only).",
+            choices=("tls", "tcp")),
+    Setting("audit.forward.format", str, "json",
+            "The message body: the record as JSON (exactly as stored, so the SIEM can "
+            "recompute the chain) or ArcSight CEF.", choices=("json", "cef")),
+    Setting("audit.forward.facility", str, "authpriv",
+            "Syslog facility of the messages (their severity follows the outcome).",
+            choices=tuple(FACILITIES)),
+    Setting("audit.forward.ca_file", str, "",
+            "PEM file of the CA(s) the receiver's TLS certificate must chain to. Empty: the "
+            "system's trust store. The host name (or IP) in the address is always checked."),
+    Setting("audit.forward.client_cert_file", str, "",
+            "PEM client certificate (and key, unless in `client_key_file`) for a receiver "
+            "that requires mutual TLS. Empty: none."),
+    Setting("audit.forward.client_key_file", str, "",
+            "PEM private key of the client certificate, if not in the same file."),
+    Setting("audit.checkpoint_file", str, "",
+            "File that `congvu audit forward` appends each signed checkpoint to, one JSON line, "
+            "flushed to disk; keep it on another host's storage (append-only if possible). A "
+            "relative path is taken from the instance folder. `congvu audit verify --checkpoints "
+            "FILE` checks the database against it. Empty: none."),
+    Setting("audit.checkpoint_file_records", bool, False,
+            "Append every record to the checkpoint file too, not only the checkpoints."),
+    Setting("account.fresh_sign_in_seconds", int, 600,
+            "How recent a sign-in must be to change a password or a second factor on the "
+            "account page; older sessions are asked to sign in again.", minimum=60, maximum=86400),
+    Setting("mfa_issuer_name", str, "Đăng nhập một lần",
+            "The name authenticator apps show beside a TOTP entry (e.g. the province's name)."),
+    Setting("audit.console_verify_seconds", int, 300,
+            "How old the audit console's chain verification may get before it is run again "
+            "(in the background; the page shows when it last ran).", minimum=10, maximum=86400),
+    Setting("roles.auditor_group", str, "auditors",
+            "Members of this group hold the auditor role: the audit console (always with MFA)."),
+    Setting("roles.admin_group", str, "admins",
+            "Members of this group (and accounts flagged admin) hold the administrator role; "
+            "they always sign in with MFA."),
 )
 
 _BY_KEY = {s.key: s for s in SETTINGS}
-_POLICY_SECTIONS: dict[str, type] = {"session": SessionPolicy, "password_hash": PasswordHashPolicy}
+_POLICY_SECTIONS: dict[str, type] = {"session": SessionPolicy, "password_hash": PasswordHashPolicy,
+                                     "mfa": MfaPolicy, "password": PasswordPolicy,
+                                     "lockout": LockoutPolicy, "audit_retention": AuditRetentionPolicy}
 
 
 @dataclass(frozen=True)
@@ -101,7 +161,13 @@ class Config:
     session_policy: SessionPolicy
     password_hash_policy: PasswordHashPolicy
     master_key: MasterKey = field(repr=False)
+    mfa_policy: MfaPolicy = field(default_factory=MfaPolicy)
+    password_policy: PasswordPolicy = field(default_factory=PasswordPolicy)
+    lockout_policy: LockoutPolicy = field(default_factory=LockoutPolicy)
+    audit_retention_policy: AuditRetentionPolicy = field(default_factory=AuditRetentionPolicy)
     warnings: tuple[str, ...] = ()
+    # `[directories.<name>]` tables, in the file's order (identity/directory/settings.py).
+    directories: tuple[DirectorySettings, ...] = ()
 
     def __getitem__(self, key: str) -> Any:
         return self.values[key]
@@ -124,7 +190,7 @@ def _flatten(table: dict[str, Any], prefix: str = "") -> dict[str, Any]:
     flat: dict[str, Any] = {}
     for key, value in table.items():
         full = f"{prefix}{key}"
-        if isinstance(value, dict) and full != "policies":
+        if isinstance(value, dict) and full not in ("policies", "directories"):
             flat.update(_flatten(value, full + "."))
         else:
             flat[full] = value
@@ -191,6 +257,7 @@ def load_config(data_dir: str | Path | None = None, overrides: dict[str, Any] | 
     policy_tables = file_values.pop("policies", {})
     if not isinstance(policy_tables, dict):
         raise ConfigError(f"policies: must be a table of [policies.<name>] sections ({config_path})")
+    directory_tables = file_values.pop("directories", {})
 
     for key, raw in file_values.items():
         if key not in _BY_KEY:
@@ -203,6 +270,9 @@ def load_config(data_dir: str | Path | None = None, overrides: dict[str, Any] | 
     for key, raw in (overrides or {}).items():
         if key in _POLICY_SECTIONS:
             policy_tables[key] = raw
+            continue
+        if key == "directories":
+            directory_tables = raw
             continue
         if key not in _BY_KEY:
             raise ConfigError(f"{key}: unknown setting")
@@ -230,10 +300,23 @@ def load_config(data_dir: str | Path | None = None, overrides: dict[str, Any] | 
     if unknown:
         raise ConfigError(f"policies.{sorted(unknown)[0]}: unknown policy section")
 
+    directories = _load_directories(directory_tables, data, warnings)
     master_key = _load_master_key(env, values, data, warnings)
     return Config(data_dir=data, values=values, session_policy=policies["session"],
                   password_hash_policy=policies["password_hash"], master_key=master_key,
-                  warnings=tuple(warnings))
+                  mfa_policy=policies["mfa"], password_policy=policies["password"],
+                  lockout_policy=policies["lockout"], audit_retention_policy=policies["audit_retention"],
+                  warnings=tuple(warnings), directories=directories)
+
+
+def _load_directories(tables: Any, data: Path, warnings: list[str]) -> tuple[DirectorySettings, ...]:
+    if not isinstance(tables, dict):
+        raise ConfigError("directories: must be a table of [directories.<name>] sections")
+    try:
+        return tuple(DirectorySettings.from_mapping(name, table, data_dir=data, warnings=warnings)
+                     for name, table in tables.items())
+    except DirectorySettingsError as error:
+        raise ConfigError(str(error)) from None
 
 
 def _load_master_key(env: dict[str, str] | os._Environ[str], values: dict[str, Any], data: Path,
@@ -254,6 +337,15 @@ def _load_master_key(env: dict[str, str] | os._Environ[str], values: dict[str, A
             + ": in production give CONGVU_MASTER_KEY or a master_key_file on other storage"
         )
     return key
+
+
+def _toml_value(value: Any) -> str:
+    """A default as it would be written in congvu.toml."""
+    if isinstance(value, bool):
+        return str(value).lower()
+    if isinstance(value, tuple):
+        return json.dumps(list(value), ensure_ascii=False)
+    return str(value)
 
 
 def settings_reference_markdown() -> str:
@@ -291,9 +383,11 @@ def settings_reference_markdown() -> str:
         "",
     ]
     for section, policy_type in _POLICY_SECTIONS.items():
-        lines += [f"### `[policies.{section}]`", "", (policy_type.__doc__ or "").strip(), "",
-                  "| key | default |", "| --- | --- |"]
+        lines += [f"### `[policies.{section}]`", "", inspect.cleandoc(policy_type.__doc__ or ""), "",
+                  "| key | default | meaning |", "| --- | --- | --- |"]
         for policy_field in dataclasses.fields(policy_type):
-            lines.append(f"| `{policy_field.name}` | `{policy_field.default}` |")
+            meaning = policy_field.metadata.get("doc", "")
+            lines.append(f"| `{policy_field.name}` | `{_toml_value(policy_field.default)}` | {meaning} |")
         lines.append("")
+    lines += directory_reference_markdown()
     return "\n".join(lines)

@@ -1,12 +1,20 @@
-"""The sign-in page and the signed-in home page.
+"""The sign-in pages (password, then the second factor) and the signed-in home page.
 
 Every credential POST answers 303 (success or not), so a reload never resubmits a
 password. A failure says the same thing for an unknown user, a wrong password and a
 disabled account, after the same Argon2id work (identity.accounts.authenticate).
+
+A user with a second factor is not signed in by the password: it opens a challenge
+(a row in `login_challenges`, named by a random id in the flow cookie) that a TOTP or
+recovery code completes. The same challenge serves a step-up, when an application
+asks for MFA (acr_values) of a session signed in with a password alone.
 """
 
 from __future__ import annotations
 
+import json
+import math
+import time
 from urllib.parse import urlencode
 
 from flask import (
@@ -22,12 +30,19 @@ from flask import (
 )
 from flask_babel import gettext as _
 from flask_wtf import FlaskForm
+from sqlalchemy import delete, select, update
 from wtforms import HiddenField, PasswordField, StringField
 from wtforms.validators import DataRequired, Length
 
 from identity import sso
 from identity.accounts import authenticate
+from identity.credentials import new_token, token_hash
+from identity.models import LoginChallenge, User
+from identity.passkeys import PasskeyError
+from identity.roles import group_names, is_privileged
 from identity.services import audit_event, db, services
+
+CHALLENGE_SECONDS = 300
 
 bp = Blueprint("login", __name__)
 
@@ -42,10 +57,15 @@ class LoginForm(FlaskForm):
     i = HiddenField()
 
 
-def _resume_url(interaction_id: str | None) -> str:
+class CodeForm(FlaskForm):
+    code = StringField(validators=[DataRequired(), Length(max=64)])
+    i = HiddenField()
+
+
+def resume_url(interaction_id: str | None) -> str:
     query = session.get("interaction_query", {}).get(interaction_id or "")
     if query is None:
-        return url_for("login.home")
+        return session.pop("after_login", None) or url_for("login.home")
     separator = "&" if query else ""
     return f"/authorize?{query}{separator}{urlencode({'congvu_interaction': interaction_id})}"
 
@@ -67,29 +87,218 @@ def login_submit() -> Response:
         flash(_("Enter your username and password."), "error")
         session["login_username"] = (form.username.data or "")[:MAX_USERNAME]
         return redirect(back, 303)
-    user = authenticate(db(), services().passwords, form.username.data, form.password.data)
-    if user is None:
+    throttle = services().throttle
+    typed_name = form.username.data
+    allowed = throttle.check(db(), typed_name, request.remote_addr)
+    # The password is checked even when the throttle refuses: the same Argon2id work, so
+    # a refusal takes as long as a wrong password, and a locked owner can be let through.
+    user = authenticate(db(), services().passwords, typed_name, form.password.data)
+    lock_bypass = (not allowed and allowed.reason == "lockout.locked" and user is not None
+                   and services().mfa.enrolled(db(), user)
+                   and throttle.is_known_device(db(), user, request.cookies.get(device_cookie_name())))
+    if user is None or (not allowed and not lock_bypass):
         # The name as typed (people sometimes type a password there: it is cut short and
         # is only ever seen by auditors, never by another user).
-        audit_event("signin.password", "failure", actor_username=form.username.data[:64],
-                    reason="credentials.invalid")
-        flash(_("The username or password is incorrect."), "error")
-        session["login_username"] = form.username.data[:MAX_USERNAME]
+        audit_event("signin.password", "failure", actor_username=typed_name[:64],
+                    actor_sub=user.sub if user else None,
+                    reason="credentials.invalid" if allowed else allowed.reason)
+        if allowed:
+            record_failure(typed_name)
+        # One answer for an unknown user, a wrong password and a throttled or locked
+        # account: it must not tell a guesser which of them it met.
+        flash(_("The username or password is incorrect, or sign-in is paused after too many "
+                "attempts. Try again in a few minutes."), "error")
+        session["login_username"] = typed_name[:MAX_USERNAME]
         return redirect(back, 303)
 
+    if services().mfa.enrolled(db(), user):
+        audit_event("signin.password", "success", actor_sub=user.sub, actor_username=user.username,
+                    reason="credentials.valid",
+                    details={"next": "mfa", "lock_bypass": True} if lock_bypass else {"next": "mfa"})
+        return start_challenge(user, ["pwd"], interaction_id)
+    return finish_sign_in(user, amr=["pwd"], acr=sso.ACR_SINGLE_FACTOR, interaction_id=interaction_id,
+                          event="signin.password")
+
+
+def device_cookie_name() -> str:
+    return "__Host-congvu_device" if services().config["secure_cookies"] else "congvu_device"
+
+
+def record_failure(typed_name: str) -> None:
+    """Count a failed password or code; audit the lock it may set off."""
+    outcome = services().throttle.record_failure(db(), typed_name, request.remote_addr)
+    if outcome.locked_now or outcome.disabled_now:
+        audit_event("account.locked", "success", actor_username=typed_name[:64], target=typed_name[:64],
+                    reason="lockout.disabled" if outcome.disabled_now else "lockout.locked",
+                    details={"failures": outcome.account.failures})
+
+
+def finish_sign_in(user: User, *, amr: list[str], acr: str, interaction_id: str | None,
+                   event: str, method: str | None = None) -> Response:
+    """Start the SSO session and go back to the application (or the home page)."""
+    throttle = services().throttle
+    throttle.record_success(db(), user.username, request.remote_addr)
+    new_device = throttle.remember_device(db(), user, request.cookies.get(device_cookie_name()))
     # A new sign-in gets a new SSO session id and a new flow cookie (no fixation).
-    resume = _resume_url(interaction_id)
+    resume = resume_url(interaction_id)
     keep = {k: session[k] for k in ("interactions", "interaction_query") if k in session}
+    if resume == url_for("account.totp_enrol") and "after_enrolment" in session:
+        # The fresh sign-in the enrolment page asked for: the application waiting for
+        # that enrolment (a step-up, or the policy) must still resume after it.
+        keep["after_enrolment"] = session["after_enrolment"]
     session.clear()
     session.update(keep)
     g.pop("csrf_token", None)  # Flask-WTF's per-request cache: the next form gets a new token
-    row, cookie_value = sso.start_session(user, amr=["pwd"], acr=sso.ACR_SINGLE_FACTOR)
-    audit_event("signin.password", "success", actor_sub=user.sub, actor_username=user.username,
-                reason="credentials.valid", details={"sid": row.sid})
+    row, cookie_value = sso.start_session(user, amr=amr, acr=acr)
+    details = {"sid": row.sid} if method is None else {"sid": row.sid, "method": method}
+    audit_event(event, "success", actor_sub=user.sub, actor_username=user.username,
+                reason="credentials.valid", details=details)
     audit_event("session.start", "success", only_if_committed=True, actor_sub=user.sub,
                 actor_username=user.username, details={"sid": row.sid, "amr": row.amr, "acr": row.acr})
+    if acr != sso.ACR_MULTI_FACTOR:
+        resume = _enrolment_detour(user, resume, interaction_id)
+    expiry = services().config.password_policy.check_expiry(changed_at=user.password_changed_at,
+                                                            now=time.time())
+    if not expiry and "pwd" in amr:
+        # Off by default (NIST); where a provincial rule sets max_age_days, the person
+        # chooses a new password first, then goes on where they were going.
+        session["after_password_change"] = resume
+        flash(_("Your password has expired. Choose a new one to continue."), "warning")
+        resume = url_for("account.password_form")
     response = redirect(resume, 303)
     sso.set_cookie(response, cookie_value)
+    if new_device is not None:
+        # Long-lived: it only marks this browser as one that signed in here before.
+        response.set_cookie(device_cookie_name(), new_device, max_age=400 * 86400, path="/",
+                            secure=services().config["secure_cookies"], httponly=True, samesite="Lax")
+    return response
+
+
+def mfa_required(user: User, client_id: str | None = None) -> str | None:
+    """The MFA policy's reason code when this user (at this client) needs a second factor."""
+    config = services().config
+    decision = config.mfa_policy.requirement(groups=group_names(user),
+                                             privileged=is_privileged(user, config), client_id=client_id)
+    return None if decision else decision.reason
+
+
+def enrolment_grace_left(user: User) -> float:
+    """Seconds this user may still sign in without the second factor the policy wants."""
+    config = services().config
+    now = time.time()
+    if user.mfa_required_since is None:
+        user.mfa_required_since = int(now)
+    return config.mfa_policy.grace_left(privileged=is_privileged(user, config),
+                                        required_since=user.mfa_required_since, now=now)
+
+
+def _enrolment_detour(user: User, resume: str, interaction_id: str | None) -> str:
+    """Where a user the policy requires MFA of (and who has none) goes after a password
+    sign-in: on to the application while the grace period lasts, with a reminder;
+    after it, to the enrolment page, which then resumes the application."""
+    if mfa_required(user) is None:
+        return resume
+    grace = enrolment_grace_left(user)
+    if grace > 0:
+        # Whole days left, rounded up: 6 days and 23 hours is "within 7 days", not 6.
+        flash(_("Your account must use two-step verification. Set it up within %(days)d days.",
+                days=max(1, math.ceil(grace / 86400))), "warning")
+        return resume
+    session["after_enrolment"] = resume
+    flash(_("Your account must use two-step verification. Set it up to continue."), "warning")
+    return url_for("account.totp_enrol")
+
+
+# -- the second factor ------------------------------------------------------------------
+def start_challenge(user: User, amr: list[str], interaction_id: str | None) -> Response:
+    """Ask for the second factor of `user`, who has shown `amr` already."""
+    value = new_token(32)
+    now = int(time.time())
+    db().add(LoginChallenge(id_hash=token_hash(value), user_id=user.id, amr=list(amr),
+                            created_at=now, expires_at=now + CHALLENGE_SECONDS, attempts=0))
+    session["mfa_challenge"] = value
+    target = url_for("login.mfa_form", i=interaction_id) if interaction_id else url_for("login.mfa_form")
+    return redirect(target, 303)
+
+
+def _current_challenge() -> tuple[LoginChallenge, User] | None:
+    value = session.get("mfa_challenge")
+    if not isinstance(value, str):
+        return None
+    challenge = db().get(LoginChallenge, token_hash(value))
+    if challenge is None or challenge.expires_at <= time.time():
+        return None
+    user = db().get(User, challenge.user_id)
+    if user is None or user.disabled:
+        return None
+    return challenge, user
+
+
+@bp.get("/login/mfa")
+def mfa_form() -> Response:
+    if _current_challenge() is None:
+        flash(_("Your sign-in has expired. Please sign in again."), "error")
+        return redirect(url_for("login.login_form", i=request.args.get("i", "")[:64] or None), 303)
+    form = CodeForm(formdata=None)
+    form.i.data = request.args.get("i", "")
+    return Response(render_template("login_mfa.html", form=form), headers={"Cache-Control": "no-store"})
+
+
+@bp.post("/login/mfa")
+def mfa_submit() -> Response:
+    form = CodeForm()
+    interaction_id = (form.i.data or "")[:64] or None
+    found = _current_challenge()
+    if found is None:
+        flash(_("Your sign-in has expired. Please sign in again."), "error")
+        return redirect(url_for("login.login_form", i=interaction_id), 303)
+    challenge, user = found
+    back = url_for("login.mfa_form", i=interaction_id)
+    if not form.validate():
+        flash(_("Enter the code from your authenticator app or a recovery code."), "error")
+        return redirect(back, 303)
+    mfa = services().mfa
+    code = form.code.data or ""
+    max_attempts = services().config.mfa_policy.max_code_attempts
+    # Take one of the challenge's attempts before the code is looked at. The conditional
+    # UPDATE (and the row lock it holds until this request ends) is what keeps codes posted
+    # in parallel from being tested more than max_code_attempts times between them.
+    taken = db().execute(update(LoginChallenge)
+                         .where(LoginChallenge.id_hash == challenge.id_hash,
+                                LoginChallenge.attempts < max_attempts)
+                         .values(attempts=LoginChallenge.attempts + 1)
+                         .execution_options(synchronize_session=False)).rowcount == 1
+    method = None
+    if taken and mfa.verify_totp(db(), user, code):
+        method = "totp"
+    elif taken and mfa.use_recovery_code(db(), user, code):
+        method = "recovery_code"
+    if method is None:
+        if taken:
+            record_failure(user.username)  # a guessed code counts like a guessed password
+        # This request's own count, read after its UPDATE (not the value loaded before it).
+        attempts = db().scalar(select(LoginChallenge.attempts)
+                               .where(LoginChallenge.id_hash == challenge.id_hash)) or max_attempts
+        audit_event("signin.mfa", "failure", actor_sub=user.sub, actor_username=user.username,
+                    reason="mfa.code_invalid" if taken else "mfa.too_many_attempts",
+                    details={"attempt": attempts})
+        if not taken or attempts >= max_attempts:
+            db().execute(delete(LoginChallenge).where(LoginChallenge.id_hash == challenge.id_hash))
+            session.pop("mfa_challenge", None)
+            flash(_("Too many wrong codes. Please sign in again."), "error")
+            return redirect(url_for("login.login_form", i=interaction_id), 303)
+        flash(_("The code is incorrect or has already been used."), "error")
+        return redirect(back, 303)
+    db().execute(delete(LoginChallenge).where(LoginChallenge.id_hash == challenge.id_hash))
+    # RFC 8176: "otp" for the one-time code (a recovery code is a single-use look-up
+    # secret: "otp" too), "mfa" because more than one factor was shown.
+    amr = [*challenge.amr, "otp", "mfa"]
+    response = finish_sign_in(user, amr=amr, acr=sso.ACR_MULTI_FACTOR, interaction_id=interaction_id,
+                              event="signin.mfa", method=method)
+    if method == "recovery_code":
+        # After finish_sign_in, which clears the flow session (and any message in it).
+        left = mfa.recovery_codes_left(db(), user)
+        flash(_("You used a recovery code; %(left)d remain.", left=left), "warning")
     return response
 
 
@@ -98,3 +307,74 @@ def home() -> Response:
     active = sso.current_session()
     return Response(render_template("home.html", active=active),
                     headers={"Cache-Control": "no-store"})
+
+
+# -- passkeys ---------------------------------------------------------------------------
+def _json_error(reason: str, message: str, status: int = 400) -> Response:
+    return Response(json.dumps({"error": reason, "message": message}), status=status,
+                    mimetype="application/json", headers={"Cache-Control": "no-store"})
+
+
+def _json_location(response: Response) -> Response:
+    """The browser's script follows this instead of a 303 (fetch would follow it blind)."""
+    answer = Response(json.dumps({"location": response.headers["Location"]}), mimetype="application/json",
+                      headers={"Cache-Control": "no-store"})
+    for cookie in response.headers.getlist("Set-Cookie"):
+        answer.headers.add("Set-Cookie", cookie)
+    return answer
+
+
+@bp.post("/login/passkey/options")
+def passkey_options() -> Response:
+    """Options for a passwordless sign-in with any passkey of this site."""
+    return Response(services().passkeys.authentication_options(db(), None), mimetype="application/json",
+                    headers={"Cache-Control": "no-store"})
+
+
+@bp.post("/login/passkey")
+def passkey_submit() -> Response:
+    interaction_id = (request.args.get("i") or "")[:64] or None
+    try:
+        use = services().passkeys.authenticate(db(), request.get_data(as_text=True), None)
+    except PasskeyError as error:
+        audit_event("signin.passkey", "failure", reason=error.reason)
+        return _json_error(error.reason, _("This passkey could not sign you in."))
+    user = db().get(User, use.user_id)
+    if user is None or user.disabled:
+        audit_event("signin.passkey", "failure", reason="account.disabled",
+                    actor_sub=user.sub if user else None)
+        return _json_error("account.disabled", _("This passkey could not sign you in."))
+    # The authenticator checked the person (PIN or biometric) and holds the key: two
+    # factors in one gesture (the options required user verification).
+    return _json_location(finish_sign_in(user, amr=[*use.amr, "mfa"], acr=sso.ACR_MULTI_FACTOR,
+                                         interaction_id=interaction_id, event="signin.passkey",
+                                         method="passkey"))
+
+
+@bp.post("/login/mfa/passkey/options")
+def mfa_passkey_options() -> Response:
+    found = _current_challenge()
+    if found is None:
+        return _json_error("mfa.challenge_expired", _("Your sign-in has expired. Please sign in again."))
+    return Response(services().passkeys.authentication_options(db(), found[1]), mimetype="application/json",
+                    headers={"Cache-Control": "no-store"})
+
+
+@bp.post("/login/mfa/passkey")
+def mfa_passkey_submit() -> Response:
+    interaction_id = (request.args.get("i") or "")[:64] or None
+    found = _current_challenge()
+    if found is None:
+        return _json_error("mfa.challenge_expired", _("Your sign-in has expired. Please sign in again."))
+    challenge, user = found
+    try:
+        use = services().passkeys.authenticate(db(), request.get_data(as_text=True), user)
+    except PasskeyError as error:
+        audit_event("signin.mfa", "failure", actor_sub=user.sub, actor_username=user.username,
+                    reason=error.reason, details={"method": "passkey"})
+        record_failure(user.username)
+        return _json_error(error.reason, _("This passkey could not confirm your sign-in."))
+    db().execute(delete(LoginChallenge).where(LoginChallenge.id_hash == challenge.id_hash))
+    return _json_location(finish_sign_in(user, amr=[*challenge.amr, *use.amr, "mfa"],
+                                         acr=sso.ACR_MULTI_FACTOR, interaction_id=interaction_id,
+                                         event="signin.mfa", method="passkey"))

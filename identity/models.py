@@ -15,6 +15,7 @@ from sqlalchemy import (
     BigInteger,
     Boolean,
     Column,
+    Float,
     ForeignKey,
     Index,
     Integer,
@@ -57,6 +58,18 @@ class User(Base):
     is_admin: Mapped[bool] = mapped_column(Boolean, default=False)
     created_at: Mapped[int]
     updated_at: Mapped[int]
+    # When the MFA policy first required this user to enrol (the grace period counts from it).
+    mfa_required_since: Mapped[int | None] = mapped_column(default=None)
+    # When the current password was set (for the policy's minimum age and expiry).
+    password_changed_at: Mapped[int | None] = mapped_column(default=None)
+    # Where the account comes from: "local", or the name of a directory (identity/directory)
+    # whose entry it mirrors; then `sub` is the entry's entryUUID / objectGUID and `dn` its
+    # current DN, which may change (moves, renames) while `sub` never does.
+    source: Mapped[str] = mapped_column(String(64), default="local", server_default="local", index=True)
+    dn: Mapped[str | None] = mapped_column(Text, default=None)
+    # Why a directory sync disabled the account (directory.disabled, directory.removed): a
+    # sync re-enables only what a sync disabled, never an administrator's decision.
+    disabled_reason: Mapped[str | None] = mapped_column(String(64), default=None)
 
     # Loaded when read (userinfo with the groups scope), not with every user: the token
     # endpoint loads users on each refresh and needs none. Lists use selectinload.
@@ -72,6 +85,41 @@ class Group(Base):
     id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
     name: Mapped[str] = mapped_column(String(255), unique=True)
     description: Mapped[str] = mapped_column(Text, default="")
+    # "local", or the directory the group is read from; there `external_id` is its
+    # entryUUID / objectGUID, so a renamed group keeps its row and its members.
+    source: Mapped[str] = mapped_column(String(64), default="local", server_default="local")
+    external_id: Mapped[str | None] = mapped_column(String(64), default=None)
+
+    __table_args__ = (Index("ix_groups_source_external_id", "source", "external_id", unique=True),)
+
+
+class UserEmailAlias(Base):
+    """An address an official used before (a directory changed their mail): mail sent to it
+    still finds them. Removed when the address becomes their current one again."""
+
+    __tablename__ = "user_email_aliases"
+
+    user_id: Mapped[int] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"), primary_key=True)
+    email: Mapped[str] = mapped_column(String(320), primary_key=True, index=True)
+    created_at: Mapped[int]
+
+
+class DirectorySyncState(Base):
+    """Where the last sync of one directory stopped, and who is syncing it now.
+
+    `high_water_mark`: an incremental sync reads the entries whose change marker
+    (modifyTimestamp, or uSNChanged on `high_water_server`, since USNs are per server) is
+    at or after it. `lease_*`: one sync at a time per directory, across processes and nodes."""
+
+    __tablename__ = "directory_sync_state"
+
+    directory: Mapped[str] = mapped_column(String(64), primary_key=True)
+    high_water_mark: Mapped[str | None] = mapped_column(String(64), default=None)
+    high_water_server: Mapped[str | None] = mapped_column(String(255), default=None)
+    full_synced_at: Mapped[int | None] = mapped_column(default=None)
+    synced_at: Mapped[int | None] = mapped_column(default=None)
+    lease_holder: Mapped[str | None] = mapped_column(String(255), default=None)
+    lease_until: Mapped[int | None] = mapped_column(default=None)
 
 
 class Client(Base):
@@ -193,6 +241,114 @@ class UsedClientAssertion(Base):
     expires_at: Mapped[int] = mapped_column(index=True)
 
 
+class TotpCredential(Base):
+    """A user's TOTP key (RFC 6238), sealed under the master key. It counts once
+    confirmed with a first code; `last_step` is the newest time step accepted, so a
+    code (or an earlier one) is never accepted twice."""
+
+    __tablename__ = "totp_credentials"
+
+    user_id: Mapped[int] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"), primary_key=True)
+    sealed_secret: Mapped[bytes] = mapped_column(LargeBinary)
+    created_at: Mapped[int]
+    confirmed_at: Mapped[int | None]
+    last_step: Mapped[int] = mapped_column(BigInteger, default=0)
+
+    def __repr__(self) -> str:
+        return f"TotpCredential(user_id={self.user_id}, confirmed={self.confirmed_at is not None})"
+
+
+class RecoveryCode(Base):
+    """One single-use recovery code, stored as a keyed hash."""
+
+    __tablename__ = "recovery_codes"
+
+    code_hash: Mapped[str] = mapped_column(String(64), primary_key=True)
+    user_id: Mapped[int] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"), index=True)
+    created_at: Mapped[int]
+    used_at: Mapped[int | None]
+
+
+class LoginChallenge(Base):
+    """A sign-in waiting for its second factor. Kept here, not in the flow cookie, so
+    that the count of wrong codes cannot be reset by replaying an older cookie."""
+
+    __tablename__ = "login_challenges"
+
+    id_hash: Mapped[str] = mapped_column(String(64), primary_key=True)
+    user_id: Mapped[int] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"), index=True)
+    amr: Mapped[list[str]] = mapped_column(default=list)  # factors already shown (["pwd"])
+    created_at: Mapped[int]
+    expires_at: Mapped[int]
+    attempts: Mapped[int] = mapped_column(default=0)
+
+
+class ThrottleCounter(Base):
+    """One brute-force counter: an account (`user:<name>`), an address (`ip:<addr>`) or
+    both (`pair:<addr>|<name>`). In the database, so every app node sees the same."""
+
+    __tablename__ = "login_throttle"
+
+    key: Mapped[str] = mapped_column(String(400), primary_key=True)
+    failures: Mapped[int] = mapped_column(default=0)
+    last_failure_at: Mapped[float] = mapped_column(Float, default=0.0)
+    locked_until: Mapped[float] = mapped_column(Float, default=0.0)
+    # Past the hard cap: the password stays refused until an admin unlocks it or it is reset.
+    disabled: Mapped[bool] = mapped_column(Boolean, default=False)
+
+
+class WebAuthnCredential(Base):
+    """A passkey or security key (WebAuthn). `backed_up`: synced between devices (a
+    software-held key, amr `swk`) rather than bound to one authenticator (`hwk`)."""
+
+    __tablename__ = "webauthn_credentials"
+
+    credential_id: Mapped[str] = mapped_column(String(1400), primary_key=True)  # base64url
+    user_id: Mapped[int] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"), index=True)
+    public_key: Mapped[bytes] = mapped_column(LargeBinary)
+    sign_count: Mapped[int] = mapped_column(default=0)
+    transports: Mapped[list[str]] = mapped_column(default=list)
+    backed_up: Mapped[bool] = mapped_column(Boolean, default=False)
+    name: Mapped[str] = mapped_column(String(100), default="")
+    created_at: Mapped[int]
+    last_used_at: Mapped[int | None]
+
+
+class WebAuthnChallenge(Base):
+    """A challenge handed to the browser, usable once (deleted when answered)."""
+
+    __tablename__ = "webauthn_challenges"
+
+    challenge_hash: Mapped[str] = mapped_column(String(64), primary_key=True)
+    purpose: Mapped[str] = mapped_column(String(16))  # register | signin | second_factor
+    user_id: Mapped[int | None] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"))
+    expires_at: Mapped[int] = mapped_column(index=True)
+
+
+class PasswordHistory(Base):
+    """Hashes of a user's earlier passwords, newest kept, for the policy's history rule."""
+
+    __tablename__ = "password_history"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    user_id: Mapped[int] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"), index=True)
+    password_hash: Mapped[str] = mapped_column(String(255))
+    created_at: Mapped[int]
+
+
+class KnownDevice(Base):
+    """A browser that completed a sign-in to this account (by a random id in a cookie;
+    its hash here). It may still sign in, with password and second factor, while the
+    account is temporarily locked."""
+
+    __tablename__ = "known_devices"
+
+    id_hash: Mapped[str] = mapped_column(String(64), primary_key=True)
+    user_id: Mapped[int] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"), index=True)
+    created_at: Mapped[int]
+    last_used_at: Mapped[int]
+
+
 class AdminToken(Base):
     __tablename__ = "admin_tokens"
 
@@ -228,6 +384,21 @@ class AuditEvent(Base):
     details: Mapped[dict[str, Any] | None] = mapped_column(JSON)
     hash: Mapped[str] = mapped_column(String(64))
 
+    # The console's filters (identity/audit/search.py), each as (column, seq): a filtered
+    # page newest first is a backward scan of one index. On PostgreSQL the event index
+    # uses text_pattern_ops so that a prefix (`signin.%`) uses it in any collation.
+    # Migration 0004 creates the same.
+    __table_args__ = (
+        Index("ix_audit_events_actor_username_seq", "actor_username", "seq"),
+        Index("ix_audit_events_actor_sub_seq", "actor_sub", "seq"),
+        Index("ix_audit_events_target_seq", "target", "seq"),
+        Index("ix_audit_events_event_seq", "event", "seq",
+              postgresql_ops={"event": "text_pattern_ops"}),
+        Index("ix_audit_events_client_id_seq", "client_id", "seq"),
+        Index("ix_audit_events_source_ip_seq", "source_ip", "seq"),
+        Index("ix_audit_events_ts", "ts"),
+    )
+
 
 class AuditHead(Base):
     """The single row (id=1) naming the newest record; writers lock it to take turns."""
@@ -260,3 +431,16 @@ class AuditKey(Base):
     public_key: Mapped[bytes] = mapped_column(LargeBinary)
     sealed_private_key: Mapped[bytes] = mapped_column(LargeBinary)
     created_at: Mapped[str] = mapped_column(String(32))
+
+
+class AuditForwardCursor(Base):
+    """How far `congvu audit forward` has sent the log to one destination (a syslog
+    receiver or the off-host checkpoint file): the newest record and checkpoint sent.
+    Moved on only after a send succeeded, so a restart resumes where it stopped."""
+
+    __tablename__ = "audit_forward_cursors"
+
+    destination: Mapped[str] = mapped_column(String(1024), primary_key=True)
+    record_seq: Mapped[int]
+    checkpoint_seq: Mapped[int]
+    updated_at: Mapped[str] = mapped_column(String(32))  # RFC 3339 UTC, like the audit tables

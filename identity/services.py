@@ -9,18 +9,24 @@ from __future__ import annotations
 
 import uuid
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from flask import current_app, g, has_request_context, request
 from sqlalchemy.orm import Session
 
-from identity.audit.log import AuditLog
+from identity.audit.log import AuditEntry, AuditLog
 from identity.clients import ClientCache
 from identity.config import Config
 from identity.credentials import Passwords, SecretHasher
 from identity.db import Database
+from identity.mfa import SecondFactors
 from identity.oidc.tokens import TokenService
+from identity.passkeys import Passkeys
+from identity.throttle import LoginThrottle
 from keys.ring import KeyRing
+
+if TYPE_CHECKING:  # ldap3 is imported only where a directory is configured
+    from identity.directory.ldap import LdapDirectory
 
 
 @dataclass
@@ -33,6 +39,11 @@ class Services:
     audit: AuditLog
     secret_hasher: SecretHasher = field(repr=False)
     passwords: Passwords = field(repr=False)
+    mfa: SecondFactors = field(repr=False)
+    throttle: LoginThrottle = field(repr=False)
+    passkeys: Passkeys = field(repr=False)
+    # `[directories.<name>]`, by name, in the configuration's order (identity/directory).
+    directories: dict[str, LdapDirectory] = field(default_factory=dict, repr=False)
 
 
 def services() -> Services:
@@ -109,7 +120,7 @@ def request_id() -> str:
 def flush_audit_events(*, committed: bool) -> None:
     events = g.pop("_audit_events", None)
     if events:
-        audit = services().audit
-        for event, outcome, only_if_committed, fields in events:
-            if committed or not only_if_committed:
-                audit.append(event, outcome, **fields)
+        # One transaction and one take of the log's lock for all of the request's records.
+        services().audit.append_many([AuditEntry(event, outcome, **fields)
+                                      for event, outcome, only_if_committed, fields in events
+                                      if committed or not only_if_committed])

@@ -11,6 +11,7 @@ import time
 from dataclasses import dataclass
 
 from flask import Response, request
+from sqlalchemy import update
 from sqlalchemy.orm import Session
 
 from identity.credentials import new_token, token_hash
@@ -60,11 +61,26 @@ def current_session(session: Session | None = None, *, touch: bool = True) -> Ac
 
 
 def start_session(user: User, *, amr: list[str], acr: str | None) -> tuple[SsoSession, str]:
-    """End this browser's previous session and start a new one; returns (row, cookie value)."""
+    """Sign this browser in as `user`; returns (row, cookie value).
+
+    The cookie value is always new (no fixation). When the browser's current session is
+    already `user`'s (a step-up, a second factor added, max_age or prompt=login), that
+    session is kept and raised — same `sid`, so the applications signed in under it stay
+    attached to it, and signing out ends them all. Any other current session ends, with
+    the grants made under it.
+    """
     session = db()
-    end_current_session(session)
     value = new_token(32)
     now = int(time.time())
+    current = _current_row(session)
+    if current is not None and current.user_id == user.id:
+        session.execute(update(SsoSession).where(SsoSession.id_hash == current.id_hash).values(
+            id_hash=token_hash(value), auth_time=now, amr=list(amr), acr=acr, last_seen_at=now,
+            ip=request.remote_addr, user_agent=(request.user_agent.string or "")[:512]))
+        session.expire(current)
+        return session.get(SsoSession, token_hash(value)), value
+    if current is not None:
+        end_session_and_grants(session, current, reason="signed_in_as_another")
     row = SsoSession(
         id_hash=token_hash(value), sid=new_token(16), user_id=user.id, auth_time=now, amr=amr,
         acr=acr, created_at=now, last_seen_at=now, ended_at=None,
@@ -74,16 +90,24 @@ def start_session(user: User, *, amr: list[str], acr: str | None) -> tuple[SsoSe
     return row, value
 
 
-def end_current_session(session: Session | None = None) -> SsoSession | None:
+def _current_row(session: Session) -> SsoSession | None:
     value = request.cookies.get(cookie_name())
     if not value or len(value) > 128:
         return None
-    session = session or db()
     row = session.get(SsoSession, token_hash(value))
-    if row is not None and row.ended_at is None:
-        row.ended_at = int(time.time())
-        return row
-    return None
+    return row if row is not None and row.ended_at is None else None
+
+
+def end_session_and_grants(session: Session, row: SsoSession, *, reason: str) -> list[str]:
+    """End an SSO session and every grant made under it; returns the grant ids ended."""
+    from identity.oidc.tokens import active_grants_for_session, revoke_grant
+
+    row.ended_at = int(time.time())
+    ended = []
+    for grant in active_grants_for_session(session, row.sid):
+        revoke_grant(session, grant.id, reason)
+        ended.append(grant.id)
+    return ended
 
 
 def set_cookie(response: Response, value: str) -> None:

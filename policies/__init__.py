@@ -7,8 +7,15 @@ both use them. Every decision a policy makes carries a dotted reason code
 audit log records.
 """
 
+from policies.audit_retention import AuditRetentionPolicy
 from policies.base import Decision, PolicyError
+from policies.lockout import CounterState, LockoutPolicy
+from policies.mfa import MfaPolicy
+from policies.password import PasswordContext, PasswordPolicy
 from policies.password_hash import PasswordHashPolicy
 from policies.session import SessionPolicy
 
-__all__ = ["Decision", "PolicyError", "PasswordHashPolicy", "SessionPolicy"]
+__all__ = [
+    "AuditRetentionPolicy", "CounterState", "Decision", "LockoutPolicy", "MfaPolicy", "PasswordContext",
+    "PasswordHashPolicy", "PasswordPolicy", "PolicyError", "SessionPolicy",
+]

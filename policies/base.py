@@ -18,18 +18,28 @@ class PolicyError(ValueError):
 
 @dataclass(frozen=True, slots=True)
 class Decision:
-    """The outcome of one policy check: allowed or not, and the reason code why."""
+    """The outcome of one policy check: allowed or not, and the reason code why.
+
+    `params` are the numbers the reason's message needs ("at least %(min)d characters"). They
+    come from the policy's settings, never from what was judged: whole numbers only, so that a
+    decision can be shown, logged and audited without leaking a password or a list entry.
+    """
 
     allowed: bool
     reason: str
+    params: tuple[tuple[str, int], ...] = ()
 
     @classmethod
     def allow(cls, reason: str = "ok") -> Decision:
         return cls(True, reason)
 
     @classmethod
-    def deny(cls, reason: str) -> Decision:
-        return cls(False, reason)
+    def deny(cls, reason: str, **params: int) -> Decision:
+        return cls(False, reason, tuple(sorted(params.items())))
+
+    @property
+    def message_params(self) -> dict[str, int]:
+        return dict(self.params)
 
     def __bool__(self) -> bool:
         return self.allowed
@@ -62,6 +72,10 @@ class Policy:
                 raise PolicyError(f"{prefix}.{key}", f"must be a whole number, not {value!r}")
             if expected is bool and not isinstance(value, bool):
                 raise PolicyError(f"{prefix}.{key}", f"must be true or false, not {value!r}")
+            if expected is tuple:
+                if not isinstance(value, list | tuple):
+                    raise PolicyError(f"{prefix}.{key}", f"must be a list, not {value!r}")
+                value = tuple(value)  # TOML arrays arrive as lists; policies stay immutable
             values[key] = value
         try:
             return cls(**values)

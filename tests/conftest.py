@@ -13,6 +13,7 @@ import os
 import threading
 import uuid
 from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import pytest
@@ -117,6 +118,9 @@ def make_instance(tmp_path, database_url: str):  # type: ignore[no-untyped-def]
 
     yield factory
     for instance in created:
+        watcher = instance.app.extensions.get("congvu.chain_watcher")
+        if watcher is not None:
+            watcher.wait(60)  # the console's background check must not outlive the database
         instance.services.database.dispose()
 
 
@@ -132,22 +136,29 @@ class _LateApp:
         return self.app(environ, start_response)
 
 
-@pytest.fixture
-def live(make_instance) -> Iterator[Instance]:  # type: ignore[no-untyped-def]
-    """The server on a real loopback port (threaded WSGI server), issuer = its URL."""
+@contextmanager
+def serve(make_instance, host_name: str = "127.0.0.1", **overrides: Any) -> Iterator[Instance]:  # type: ignore[no-untyped-def]
+    """The server on a real loopback port (threaded WSGI server), issuer = its URL with
+    `host_name` (a browser refuses an IP address as a WebAuthn RP ID: use "localhost")."""
     dispatch = _LateApp()  # the issuer names the port, so the app comes after the socket
     server = make_server("127.0.0.1", 0, dispatch, threaded=True)
     port = server.server_port
-    instance = make_instance(issuer=f"http://127.0.0.1:{port}")
+    instance = make_instance(issuer=f"http://{host_name}:{port}", **overrides)
     dispatch.app = instance.app
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
-    instance.base_url = f"http://127.0.0.1:{port}"
+    instance.base_url = f"http://{host_name}:{port}"
     try:
         yield instance
     finally:
         server.shutdown()
         thread.join(timeout=5)
+
+
+@pytest.fixture
+def live(make_instance) -> Iterator[Instance]:  # type: ignore[no-untyped-def]
+    with serve(make_instance) as instance:
+        yield instance
 
 
 @pytest.fixture

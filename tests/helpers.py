@@ -5,9 +5,11 @@ from __future__ import annotations
 import base64
 import hashlib
 import http.cookiejar
+import json
 import re
 import secrets
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
@@ -112,3 +114,12 @@ def login_via_form(http: Any, login_url: str, username: str, password: str) -> A
     return http.post(page.url.split("?")[0], data={
         "csrf_token": token, "username": username, "password": password, "i": interaction,
     }, allow_redirects=False)
+
+
+VECTORS = Path(__file__).parent / "vectors"
+
+
+def load_vectors(name: str) -> list[dict[str, Any]]:
+    """Test vectors kept as data (tests/vectors/NAME.json, each file saying how it was made)."""
+    with (VECTORS / f"{name}.json").open(encoding="utf-8") as handle:
+        return json.load(handle)["vectors"]

@@ -114,6 +114,10 @@ def test_persons_choice_outranks_ui_locales(instance) -> None:  # type: ignore[n
     assert page_language(browser.get(login_url).get_data(as_text=True)) == "vi"
 
 
+FAILED_SIGN_IN = ("The username or password is incorrect, or sign-in is paused after too many "
+                  "attempts. Try again in a few minutes.")
+
+
 def test_failed_sign_in_message_is_translated(instance) -> None:  # type: ignore[no-untyped-def]
     instance.add_user("canbo")
     browser = instance.client()
@@ -122,15 +126,15 @@ def test_failed_sign_in_message_is_translated(instance) -> None:  # type: ignore
                                             "password": PASSWORD + "x", "i": hidden_field(page, "i")})
     assert response.status_code == 303
     html = browser.get(response.headers["Location"]).get_data(as_text=True)
-    assert translation_of("The username or password is incorrect.") in html
-    assert "The username or password is incorrect." not in html
+    assert translation_of(FAILED_SIGN_IN) in html
+    assert FAILED_SIGN_IN not in html
 
     browser = instance.client()
     page = browser.get("/login?lang=en").get_data(as_text=True)
     response = browser.post("/login", data={"csrf_token": csrf_token(page), "username": "canbo",
                                             "password": PASSWORD + "x", "i": hidden_field(page, "i")})
     html = browser.get(response.headers["Location"]).get_data(as_text=True)
-    assert "The username or password is incorrect." in html
+    assert FAILED_SIGN_IN in html
 
 
 def test_error_pages_are_translated(instance) -> None:  # type: ignore[no-untyped-def]

@@ -23,7 +23,8 @@ GENESIS = bytes(32)
 # a swap ("reordered") from an edit ("modified"). Bounded, so memory stays constant.
 REORDER_WINDOW = 32
 
-FindingKind = Literal["modified", "deleted", "inserted", "reordered", "truncated", "bad_signature"]
+FindingKind = Literal["modified", "deleted", "inserted", "reordered", "truncated", "bad_signature",
+                      "unverifiable"]
 
 
 @dataclass(frozen=True)
@@ -38,11 +39,16 @@ class Finding:
         return {"seq": self.seq, "kind": self.kind, "detail": self.detail}
 
 
+# What json.dumps(record, sort_keys=True, ...) would build on every call; made once,
+# since verify() encodes every record of the log.
+_CANONICAL_ENCODER = json.JSONEncoder(sort_keys=True, separators=(",", ":"), ensure_ascii=False,
+                                      allow_nan=False)
+
+
 def canonical(record: Mapping[str, Any]) -> bytes:
     """One byte string per record: sorted keys, no whitespace, UTF-8. JSON escaping
     encodes newlines and control characters, so no field can forge a separator."""
-    return json.dumps(record, sort_keys=True, separators=(",", ":"), ensure_ascii=False,
-                      allow_nan=False).encode("utf-8")
+    return _CANONICAL_ENCODER.encode(record).encode("utf-8")
 
 
 def link(prev: bytes, canonical_bytes: bytes) -> bytes:
@@ -56,7 +62,8 @@ def checkpoint_message(seq: int, head: bytes, created_at: str) -> bytes:
 
 def record_body(record: Mapping[str, Any], seq: int | None = None) -> dict[str, Any]:
     """The hashed part of a stored record (all but its hash), optionally renumbered."""
-    body = {key: value for key, value in record.items() if key != "hash"}
+    body = dict(record)
+    body.pop("hash", None)
     if seq is not None:
         body["seq"] = seq
     return body
@@ -118,7 +125,8 @@ def _classify_mismatch(prev: bytes, before_prev: bytes | None, record: Mapping[s
 
 def verify(records: Iterable[Mapping[str, Any]], checkpoints: Iterable[Mapping[str, Any]],
            public_key_for_kid: Callable[[str], bytes | None],
-           head: tuple[int, bytes] | None = None) -> Finding | None:
+           head: tuple[int, bytes] | None = None,
+           start: tuple[int, bytes] | None = None) -> Finding | None:
     """Recompute the chain over `records` (in seq order, each with its stored `hash` in
     hex) and check each checkpoint (seq, head_hash hex, created_at, kid, signature) and,
     if given, the stored head (seq, hash). Returns the first problem, or None.
@@ -129,7 +137,8 @@ def verify(records: Iterable[Mapping[str, Any]], checkpoints: Iterable[Mapping[s
     next_checkpoint = 0
     stream: Iterator[Mapping[str, Any]] = iter(records)
     ahead: deque[Mapping[str, Any]] = deque()
-    prev, expected_seq = GENESIS, 1
+    # After a prune the chain starts past a signed checkpoint (seq, head hash) instead.
+    prev, expected_seq = (GENESIS, 1) if start is None else (start[1], start[0] + 1)
     before_prev: bytes | None = None
 
     def fill() -> None:

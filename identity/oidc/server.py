@@ -8,6 +8,7 @@ private_key_jwt.
 
 from __future__ import annotations
 
+import logging
 import time
 from dataclasses import dataclass
 from typing import Any
@@ -23,6 +24,7 @@ from authlib.oauth2.rfc6749 import (
     grants,
     scope_to_list,
 )
+from authlib.oauth2.rfc6749.util import extract_basic_authorization
 from authlib.oauth2.rfc6750 import BearerTokenValidator
 from authlib.oauth2.rfc7009 import RevocationEndpoint
 from authlib.oauth2.rfc7523 import JWTBearerClientAssertion
@@ -38,6 +40,7 @@ from sqlalchemy import select, update
 from sqlalchemy.exc import IntegrityError
 
 from identity.accounts import user_claims
+from identity.audit.log import scrub_secrets
 from identity.clients import SUPPORTED_SCOPES, OAuthClient
 from identity.credentials import token_hash
 from identity.models import (
@@ -68,12 +71,13 @@ def audit_tokens_issued(token: dict[str, Any], *, grant_type: str, client_id: st
     """Record an issuance; the tokens themselves reach the log only as hashes (the audit
     log hashes any field named like a token), so an auditor can match a presented token."""
     event = "token.refreshed" if grant_type == "refresh_token" else "token.issued"
+    details: dict[str, Any] = {"grant_type": grant_type, "scope": token.get("scope", ""),
+                               "grant_id": grant.id if grant else None}
+    # Only the tokens actually issued: a hash of a missing one would look like a token.
+    details.update({kind: token[kind] for kind in ("access_token", "refresh_token") if token.get(kind)})
     audit_event(event, "success", only_if_committed=True, client_id=client_id,
                 actor_sub=user.sub if user else None, actor_username=user.username if user else None,
-                details={"grant_type": grant_type, "scope": token.get("scope", ""),
-                         "grant_id": grant.id if grant else None,
-                         "access_token": token.get("access_token"),
-                         "refresh_token": token.get("refresh_token")})
+                details=details)
     return token
 
 
@@ -81,8 +85,10 @@ def audit_grant_revoked(grant_id: str, client_id: str | None, reason: str) -> No
     """A presented code or refresh token that was already used means one of two copies
     is in the wrong hands: the grant ends, and security staff see it as an attack."""
     attack = reason in ("code_reuse", "refresh_token_reuse")
+    # An attack is recorded even if the request rolls back; a revocation only if it happened.
     audit_event("token.reused" if attack else "token.revoked", "failure" if attack else "success",
-                client_id=client_id, reason=f"grant.{reason}", details={"grant_id": grant_id})
+                only_if_committed=not attack, client_id=client_id, reason=f"grant.{reason}",
+                details={"grant_id": grant_id})
 
 
 def query_client(client_id: str) -> OAuthClient | None:
@@ -477,7 +483,7 @@ class Revocation(RevocationEndpoint):
             services().tokens.revoke_access_token(session, token.claims)
             audit_event("token.revoked", "success", only_if_committed=True, client_id=token.client_id,
                         reason="token.revoked_by_client",
-                        details={"jti": token.claims.get("jti"), "token_kind": "access_token"})
+                        details={"jti": token.claims.get("jti"), "kind": "access_token"})
         elif token.refresh is not None:
             # RFC 7009 §2.1: revoking a refresh token also ends the access tokens of its grant.
             revoke_grant(session, token.refresh.grant_id, "revoked_by_client")
@@ -557,6 +563,11 @@ class OAuthServer(AuthorizationServer):
         if request.uri.endswith("/token"):
             client = getattr(request, "client", None)
             client_id = client.client_id if client is not None else request.payload.client_id
+            if not client_id:  # client_secret_basic: the client named itself in the header
+                try:
+                    client_id = extract_basic_authorization(request.headers)[0]
+                except ValueError:  # not UTF-8
+                    client_id = None
             grant_type = request.payload.grant_type
             audit_event("token.refused", "failure", reason=f"oauth.{error.error}",
                         client_id=client_id[:128] if isinstance(client_id, str) else None,
@@ -572,7 +583,33 @@ class OAuthServer(AuthorizationServer):
         return super().get_authorization_grant(request)
 
 
+class TokenLogScrubber(logging.Filter):
+    """authlib logs each token response it issues at DEBUG ("Issue token %r to %r"): the
+    raw access, refresh and ID tokens. Whoever turns DEBUG on must not get them (tokens
+    appear only as hashes), so values under token-like keys become their hashes here."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if isinstance(record.args, dict):
+            record.args = scrub_secrets(record.args)
+        elif isinstance(record.args, tuple):
+            record.args = tuple(scrub_secrets(arg) if isinstance(arg, dict) else arg
+                                for arg in record.args)
+        return True
+
+
+TOKEN_LOG_SCRUBBER = TokenLogScrubber()
+
+
+def scrub_authlib_logs() -> None:
+    """A logger's filters see only the records made on that logger, not its children's:
+    the filter goes on every authlib logger (all are made on import, before this runs)."""
+    for name in list(logging.root.manager.loggerDict):
+        if name == "authlib" or name.startswith("authlib."):
+            logging.getLogger(name).addFilter(TOKEN_LOG_SCRUBBER)  # once: the same filter
+
+
 def build_authorization_server(app: Any) -> tuple[AuthorizationServer, ResourceProtector]:
+    scrub_authlib_logs()
     app.config.setdefault("OAUTH2_SCOPES_SUPPORTED", list(SUPPORTED_SCOPES))
     server = OAuthServer(app, query_client=query_client, save_token=lambda token, request: None)
     server.register_client_auth_method(PrivateKeyJwt.CLIENT_AUTH_METHOD, PrivateKeyJwt())

@@ -21,6 +21,7 @@ from flask import (
     Blueprint,
     Response,
     current_app,
+    flash,
     redirect,
     render_template,
     request,
@@ -30,8 +31,8 @@ from flask import (
 from flask_babel import gettext as _
 
 from identity import sso
+from identity.login import enrolment_grace_left, mfa_required, resume_url, start_challenge
 from identity.oidc.server import EndUser
-from identity.oidc.tokens import active_grants_for_session, revoke_grant
 from identity.services import audit_event, db, services
 
 bp = Blueprint("oidc", __name__)
@@ -211,6 +212,9 @@ def authorize() -> Response:
         return redirect(url_for("login.login_form", i=interaction_id), 302)
 
     assert active is not None and end_user is not None
+    step = second_factor_step(active, client.client_id, prompts, redirect_uri)
+    if step is not None:
+        return step
     if "consent" in prompts or not client.row.first_party:
         if "none" in prompts:
             return authorization_error(ConsentRequiredError(redirect_uri=redirect_uri))
@@ -226,6 +230,30 @@ def authorize() -> Response:
         if not allowed:
             return server().create_authorization_response(grant=grant, grant_user=None)
     return server().create_authorization_response(grant=grant, grant_user=end_user)
+
+
+def second_factor_step(active: sso.ActiveSession, client_id: str, prompts: set[str],
+                       redirect_uri: str) -> Response | None:
+    """What a session signed in with a password alone must do first, when the client
+    asks for MFA (`acr_values=urn:congvu:acr:2`) or the MFA policy requires it here:
+    show the second factor (step-up), or enrol one. None: go on."""
+    if active.row.acr == sso.ACR_MULTI_FACTOR:
+        return None
+    asked = sso.ACR_MULTI_FACTOR in (request.args.get("acr_values") or "").split()
+    required = mfa_required(active.user, client_id)
+    if not asked and required is None:
+        return None
+    enrolled = services().mfa.enrolled(db(), active.user)
+    if not enrolled and not asked and enrolment_grace_left(active.user) > 0:
+        return None
+    if "none" in prompts:
+        return authorization_error(LoginRequiredError(redirect_uri=redirect_uri))
+    interaction_id = start_interaction()
+    if enrolled:
+        return start_challenge(active.user, list(active.row.amr), interaction_id)
+    session["after_enrolment"] = resume_url(interaction_id)
+    flash(_("This application requires two-step verification. Set it up to continue."), "warning")
+    return redirect(url_for("account.totp_enrol"), 303)
 
 
 # -- token, userinfo, introspection, revocation -----------------------------------------
@@ -294,7 +322,7 @@ def logout() -> Response:
                                         action=request.full_path),
                         headers={"Cache-Control": "no-store"})
     if active is not None:
-        end_session(active)
+        sso.end_session_and_grants(db(), active.row, reason="logout")
         audit_event("session.end", "success", actor_sub=active.user.sub,
                     actor_username=active.user.username, client_id=client_id,
                     reason="session.logout", details={"sid": active.row.sid})
@@ -303,14 +331,6 @@ def logout() -> Response:
     sso.clear_cookie(response)
     session.clear()
     return response
-
-
-def end_session(active: sso.ActiveSession) -> None:
-    """End an SSO session and every grant made under it."""
-    session_db = db()
-    active.row.ended_at = int(time.time())
-    for grant in active_grants_for_session(session_db, active.row.sid):
-        revoke_grant(session_db, grant.id, "logout")
 
 
 @bp.app_errorhandler(405)

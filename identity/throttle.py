@@ -1,0 +1,164 @@
+"""Brute-force counters in the database, applied by policies.LockoutPolicy.
+
+Counters are keyed by the username as typed (case-folded, NFC), not by the account
+row, so an unknown username is counted, throttled and answered exactly like a real
+one. A failure is counted by an UPDATE that adds one (then read back in the same
+transaction, under the row's write lock), so concurrent failures all count.
+"""
+
+from __future__ import annotations
+
+import time
+import unicodedata
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from sqlalchemy import case, delete, update
+from sqlalchemy.dialects.postgresql import insert as postgresql_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+from sqlalchemy.orm import Session
+
+from identity.credentials import new_token, token_hash
+from identity.models import KnownDevice, ThrottleCounter, User
+from policies import CounterState, Decision, LockoutPolicy
+
+INFINITY = float("inf")
+
+
+def account_name(username: str) -> str:
+    # A NUL (in no username) cannot be stored in PostgreSQL text: counted as U+FFFD instead.
+    return unicodedata.normalize("NFC", username.strip()).casefold().replace("\x00", "\ufffd")[:255]
+
+
+@dataclass(frozen=True)
+class FailureOutcome:
+    """What one more failure did: the account's new state, and whether it just locked."""
+
+    account: CounterState
+    locked_now: bool
+    disabled_now: bool
+
+
+class LoginThrottle:
+    def __init__(self, policy: LockoutPolicy, clock: Callable[[], float] = time.time) -> None:
+        self.policy = policy
+        self.clock = clock
+
+    # -- storage ---------------------------------------------------------------------------
+    @staticmethod
+    def _keys(username: str, address: str | None) -> tuple[str, str, str]:
+        name = account_name(username)
+        ip = (address or "unknown").replace("\x00", "\ufffd")[:64]
+        return f"user:{name}", f"pair:{ip}|{name}", f"ip:{ip}"
+
+    @staticmethod
+    def _state(row: ThrottleCounter | None) -> CounterState:
+        if row is None:
+            return CounterState()
+        return CounterState(int(row.failures), float(row.last_failure_at),
+                            INFINITY if row.disabled else float(row.locked_until))
+
+    def _increment(self, session: Session, key: str, now: float, *, window: float | None = None
+                   ) -> CounterState:
+        """Count one failure atomically and return the counter as stored after it.
+
+        One statement (INSERT ... ON CONFLICT DO UPDATE ... RETURNING): concurrent failures
+        all count on both backends, and a row that a sign-in or an unlock deletes meanwhile
+        is made again. (An insert-if-missing, then an UPDATE, then a SELECT lost the row in
+        between on PostgreSQL: "No row was found", a failed sign-in answered with a 500.)"""
+        table = ThrottleCounter.__table__
+        insert = sqlite_insert if session.get_bind().dialect.name == "sqlite" else postgresql_insert
+        failures: Any = table.c.failures + 1
+        if window is not None:  # an address's count starts over once its window has passed
+            failures = case((table.c.last_failure_at <= now - window, 1), else_=table.c.failures + 1)
+        statement = (insert(table)
+                     .values(key=key, failures=1, last_failure_at=now, locked_until=0.0, disabled=False)
+                     .on_conflict_do_update(index_elements=[table.c.key],
+                                            set_={"failures": failures, "last_failure_at": now})
+                     .returning(table.c.failures, table.c.last_failure_at, table.c.locked_until,
+                                table.c.disabled))
+        row = session.execute(statement).one()
+        return CounterState(int(row.failures), float(row.last_failure_at),
+                            INFINITY if row.disabled else float(row.locked_until))
+
+    def _read(self, session: Session, key: str) -> CounterState:
+        return self._state(session.get(ThrottleCounter, key))
+
+    # -- decisions ---------------------------------------------------------------------------
+    def check(self, session: Session, username: str, address: str | None) -> Decision:
+        """May a password be tried for `username` from `address` now? The reason code
+        names the first rule that refuses (address, then delay, then lock)."""
+        user_key, pair_key, ip_key = self._keys(username, address)
+        now = self.clock()
+        for decision in (self.policy.check_address(self._read(session, ip_key), now),
+                         self.policy.check_delay(self._read(session, pair_key), now),
+                         self.policy.check_lock(self._read(session, user_key), now)):
+            if not decision:
+                return decision
+        return Decision.allow("lockout.none")
+
+    def record_failure(self, session: Session, username: str, address: str | None) -> FailureOutcome:
+        user_key, pair_key, ip_key = self._keys(username, address)
+        now = self.clock()
+        # One order for every request (account, pair, address): no deadlocks between them.
+        account = self._increment(session, user_key, now)
+        locked_until = self.policy.locked_until_after(account.failures, now, account.locked_until)
+        if locked_until != account.locked_until:
+            table = ThrottleCounter.__table__
+            disabled = locked_until == INFINITY
+            session.execute(update(table).where(table.c.key == user_key).values(
+                locked_until=0.0 if disabled else locked_until, disabled=disabled))
+        self._increment(session, pair_key, now)
+        self._increment(session, ip_key, now, window=self.policy.ip_window_seconds)
+        disabled_now = locked_until == INFINITY and account.locked_until != INFINITY
+        locked_now = not disabled_now and locked_until > now and locked_until != account.locked_until
+        return FailureOutcome(CounterState(account.failures, now, locked_until), locked_now, disabled_now)
+
+    def record_success(self, session: Session, username: str, address: str | None) -> None:
+        """A complete sign-in: the account's and this pair's counts start over (the
+        address's count does not: one success must not hide spraying)."""
+        user_key, pair_key, _ip_key = self._keys(username, address)
+        # Account, then pair: the order record_failure locks them in (one DELETE of both
+        # could lock the pair first and deadlock with a failure on PostgreSQL).
+        session.execute(delete(ThrottleCounter).where(ThrottleCounter.key == user_key))
+        session.execute(delete(ThrottleCounter).where(ThrottleCounter.key == pair_key))
+
+    def unlock(self, session: Session, username: str) -> bool:
+        """Clear the account's counters (from every address). True if it was locked."""
+        name = account_name(username)
+        state = self._read(session, f"user:{name}")
+        # The account's row first, then its pairs: record_failure's lock order.
+        session.execute(delete(ThrottleCounter).where(ThrottleCounter.key == f"user:{name}"))
+        session.execute(delete(ThrottleCounter).where(
+            ThrottleCounter.key.like(f"pair:%|{_escape_like(name)}", escape="\\")))
+        return state.locked_until == INFINITY or state.locked_until > self.clock()
+
+    def account_state(self, session: Session, username: str) -> CounterState:
+        return self._read(session, f"user:{account_name(username)}")
+
+    # -- known devices -----------------------------------------------------------------------
+    @staticmethod
+    def is_known_device(session: Session, user: User, cookie_value: str | None) -> bool:
+        if not cookie_value or len(cookie_value) > 128:
+            return False
+        device = session.get(KnownDevice, token_hash(cookie_value))
+        return device is not None and device.user_id == user.id
+
+    @staticmethod
+    def remember_device(session: Session, user: User, cookie_value: str | None) -> str | None:
+        """Mark this browser as known to `user`; returns a new cookie value to set, if any."""
+        now = int(time.time())
+        if cookie_value and len(cookie_value) <= 128:
+            device = session.get(KnownDevice, token_hash(cookie_value))
+            if device is not None and device.user_id == user.id:
+                device.last_used_at = now
+                return None
+        value = new_token(32)
+        session.add(KnownDevice(id_hash=token_hash(value), user_id=user.id, created_at=now,
+                                last_used_at=now))
+        return value
+
+
+def _escape_like(text: str) -> str:
+    return text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
