@@ -184,10 +184,9 @@ def machine_busy_cpu() -> float:
     return (user + nice + system + irq + softirq + steal) / os.sysconf("SC_CLK_TCK")
 
 
-def postgres_cpu() -> float:
-    """CPU seconds used so far by the live PostgreSQL server processes (all of them:
-    other sessions' queries on the same server are counted as the benchmark's)."""
-    ticks = 0
+def postgres_ticks() -> dict[int, int]:
+    """CPU clock ticks used so far by each live PostgreSQL server process."""
+    ticks: dict[int, int] = {}
     for entry in os.listdir("/proc"):
         if not entry.isdigit():
             continue
@@ -199,8 +198,17 @@ def postgres_cpu() -> float:
         if stat[stat.find("(") + 1:stat.rfind(")")] != "postgres":
             continue
         fields = stat[stat.rfind(")") + 2:].split()
-        ticks += int(fields[11]) + int(fields[12])
-    return ticks / os.sysconf("SC_CLK_TCK")
+        ticks[int(entry)] = int(fields[11]) + int(fields[12])
+    return ticks
+
+
+def postgres_cpu_since(before: dict[int, int]) -> float:
+    """CPU seconds the PostgreSQL server processes used since `before` (all of them:
+    other sessions' queries on the same server count as the benchmark's). Per process,
+    so that one that ended meanwhile takes nothing away; its last work is then counted
+    as other load."""
+    now = postgres_ticks()
+    return sum(ticks - before.get(pid, 0) for pid, ticks in now.items()) / os.sysconf("SC_CLK_TCK")
 
 
 def environment(args: argparse.Namespace) -> dict[str, str]:
@@ -391,9 +399,9 @@ def append_run(url: str, args: argparse.Namespace, batch: int, writer_url: str |
     for process in processes:
         process.start()
     start.wait(timeout=120)
-    busy, server = machine_busy_cpu(), postgres_cpu()
+    busy, server_before = machine_busy_cpu(), postgres_ticks()
     reports = [results.get(timeout=args.seconds + 120) for _ in processes]
-    busy, server = machine_busy_cpu() - busy, postgres_cpu() - server
+    busy, server = machine_busy_cpu() - busy, postgres_cpu_since(server_before)
     for process in processes:
         process.join(timeout=60)
     if any(process.exitcode != 0 for process in processes):
@@ -476,14 +484,14 @@ class OtherLoad:
 
     def __enter__(self) -> OtherLoad:
         self._wall, self._cpu = time.monotonic(), time.process_time()
-        self._busy, self._server = machine_busy_cpu(), postgres_cpu() if self.with_server else 0.0
+        self._busy, self._server = machine_busy_cpu(), postgres_ticks() if self.with_server else {}
         return self
 
     def __exit__(self, *exc: object) -> None:
         wall = time.monotonic() - self._wall
         ours = time.process_time() - self._cpu
         if self.with_server:
-            ours += postgres_cpu() - self._server
+            ours += postgres_cpu_since(self._server)
         self.share = max(0.0, machine_busy_cpu() - self._busy - ours) / (wall * (os.cpu_count() or 1))
 
 

@@ -54,7 +54,9 @@ def needs_fresh_sign_in(active: sso.ActiveSession) -> Response | None:
     """A redirect to sign in again when the session's sign-in is older than allowed."""
     if time.time() - active.row.auth_time <= services().config["account.fresh_sign_in_seconds"]:
         return None
-    session["after_login"] = request.path
+    # After signing in again, back to this page (a form's target takes only POST: back
+    # to the account page, where the form is).
+    session["after_login"] = request.path if request.method == "GET" else url_for("account.overview")
     flash(_("For your security, sign in again to change your sign-in methods."), "warning")
     return redirect(url_for("login.login_form"), 303)
 
@@ -151,7 +153,7 @@ def recovery_codes_regenerate(active: sso.ActiveSession) -> Response:
     if (refresh := needs_fresh_sign_in(active)) is not None:
         return refresh
     mfa = services().mfa
-    if not mfa.has_confirmed_totp(db(), active.user):
+    if not mfa.enrolled(db(), active.user):  # codes stand in for a factor: none without one
         abort(404)
     codes = mfa.new_recovery_codes(db(), active.user)
     _audit(active, "mfa.recovery_codes_regenerated")
@@ -203,6 +205,11 @@ def password_change(active: sso.ActiveSession) -> Response:
 
     if not form.validate():
         return refuse("password.form_incomplete", _("Fill in all three boxes."))
+    # Guessing the current password here (from a session opened with a passkey, say) is
+    # throttled like guessing it at the sign-in page.
+    allowed = services().throttle.check(db(), user.username, request.remote_addr)
+    if not allowed:
+        return refuse(allowed.reason, _("Too many wrong passwords. Try again in a few minutes."))
     if not services().passwords.verify(user.password_hash, form.current_password.data or ""):
         from identity.login import record_failure
 

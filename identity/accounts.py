@@ -108,7 +108,8 @@ def password_history(session: Session, user: User) -> list[str]:
     return ([user.password_hash] if user.password_hash else []) + list(earlier)
 
 
-def authenticate(session: Session, passwords: Passwords, username: str, password: str) -> User | None:
+def authenticate(session: Session, passwords: Passwords, username: str, password: str, *,
+                 rehash: bool = True) -> User | None:
     """The user if the password is right and the account enabled, else None.
 
     Unknown users, wrong passwords and disabled accounts all cost one Argon2id
@@ -120,7 +121,9 @@ def authenticate(session: Session, passwords: Passwords, username: str, password
     ok = passwords.verify(user.password_hash if user else None, password)
     if not ok or user is None or user.disabled:
         return None
-    if passwords.needs_rehash(user.password_hash):  # parameters changed, or imported from a directory
+    # Not while the throttle refuses (`rehash=False`): the extra hash would tell a guesser
+    # that this guess was right.
+    if rehash and passwords.needs_rehash(user.password_hash):  # new parameters, or imported
         # The same password, rehashed: not a change (its age and history stay as they are).
         user.password_hash = passwords.hash(password)
     return user

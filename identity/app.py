@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import logging
 from datetime import UTC, datetime, timedelta, timezone
 from typing import Any
@@ -12,6 +13,7 @@ from flask.sessions import SecureCookieSessionInterface
 from flask_babel import get_locale
 from flask_babel import gettext as _
 from flask_wtf.csrf import CSRFError, CSRFProtect
+from sqlalchemy.exc import SQLAlchemyError
 from werkzeug.exceptions import HTTPException
 from werkzeug.middleware.proxy_fix import ProxyFix
 
@@ -137,6 +139,29 @@ def prepare_instance(services: Services) -> None:
     for record in services.keyring.ensure_initialised(services.config["signing_alg"]):
         services.audit.append("key.generated", "success", target=record.kid,
                               details={"alg": record.alg, "state": record.state})
+    record_policy_change(services)
+
+
+def record_policy_change(services: Services, actor: str = "startup") -> None:
+    """Policies come from the configuration file; when the ones starting now differ from
+    the last recorded, the audit log gets a `policy.changed` record with the new values."""
+    from sqlalchemy import select
+
+    from identity.audit.chain import canonical
+    from identity.audit.log import events_table
+
+    policies = services.config.policies()
+    digest = hashlib.sha256(canonical(policies)).hexdigest()
+    with services.database.engine.connect() as connection:
+        last = connection.execute(select(events_table.c.details)
+                                  .where(events_table.c.event == "policy.changed")
+                                  .order_by(events_table.c.seq.desc()).limit(1)).scalar()
+    if isinstance(last, dict) and last.get("digest") == digest:
+        return
+    # As one JSON text: the audit log hashes values under secret-like key names
+    # ("password", "max_code_attempts"), and these are settings to be read, not secrets.
+    services.audit.append("policy.changed", "success", actor_username=actor, target="policies",
+                          details={"digest": digest, "values": canonical(policies).decode()})
 
 
 def create_app(config: Config | None = None, *, prepare: bool = False, **overrides: Any) -> Flask:
@@ -147,6 +172,15 @@ def create_app(config: Config | None = None, *, prepare: bool = False, **overrid
     services = build_services(config)
     if prepare:
         prepare_instance(services)
+    else:
+        # Started straight by a WSGI server (`gunicorn wsgi:app`) after an edited
+        # configuration: its policies still reach the audit log. (Workers starting
+        # together may each record the same change once.)
+        try:
+            record_policy_change(services)
+        except SQLAlchemyError:
+            log.warning("policies not recorded in the audit log: the database is not ready "
+                        "(run `congvu db upgrade`)")
 
     app = Flask("identity", instance_path=str(config.data_dir))
     app.extensions["congvu"] = services

@@ -713,7 +713,7 @@ def audit_verify(obj: Context, checkpoint_file: str | None, as_json: bool) -> No
             raise click.ClickException(f"audit log NOT verified: {checkpoint_file}: {error}") from None
     finding = log.verify()
     if finding is None and offhost is not None:
-        finding = verify_against_database(log.database, offhost)
+        finding = verify_against_database(log.database, offhost, obj.services.config.master_key)
     records, checkpoints = log.counts()
     counts: dict[str, Any] = {"records": records, "checkpoints": checkpoints}
     summary = f"{records} records, {checkpoints} checkpoints"

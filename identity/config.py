@@ -172,6 +172,14 @@ class Config:
     def __getitem__(self, key: str) -> Any:
         return self.values[key]
 
+    def policies(self) -> dict[str, dict[str, Any]]:
+        """Every policy section as plain data (no secrets live in policies)."""
+        by_type = {type(value): value for value in vars(self).values()
+                   if dataclasses.is_dataclass(value) and not isinstance(value, type)}
+        return {section: {f.name: getattr(by_type[policy_type], f.name)
+                          for f in dataclasses.fields(policy_type)}
+                for section, policy_type in _POLICY_SECTIONS.items() if policy_type in by_type}
+
     @property
     def issuer(self) -> str:
         return self.values["issuer"]

@@ -128,12 +128,21 @@ class Passwords:
     def verify(self, stored: str | None, password: str) -> bool:
         ours = stored is not None and stored.startswith("$argon2")
         if stored is not None and not ours and is_imported_hash(stored):
+            # The Argon2id work too: otherwise a wrong password for an account still on an
+            # imported hash would answer faster than for anyone else, and show it exists.
+            self._burn(password)
             return verify_imported(stored, password)
         try:
             # An unknown user or an unusable hash costs the same Argon2id work as a wrong password.
             return self._hasher.verify(stored if ours else self._dummy, normalise_password(password)) and ours
         except (VerifyMismatchError, VerificationError, InvalidHashError):
             return False
+
+    def _burn(self, password: str) -> None:
+        try:
+            self._hasher.verify(self._dummy, normalise_password(password))
+        except (VerifyMismatchError, VerificationError, InvalidHashError):
+            pass
 
     def needs_rehash(self, stored: str) -> bool:
         if not stored.startswith("$argon2id$"):

@@ -35,7 +35,7 @@ from wtforms import HiddenField, PasswordField, StringField
 from wtforms.validators import DataRequired, Length
 
 from identity import sso
-from identity.accounts import authenticate
+from identity.accounts import authenticate, find_user
 from identity.credentials import new_token, token_hash
 from identity.models import LoginChallenge, User
 from identity.passkeys import PasskeyError
@@ -92,16 +92,20 @@ def login_submit() -> Response:
     allowed = throttle.check(db(), typed_name, request.remote_addr)
     # The password is checked even when the throttle refuses: the same Argon2id work, so
     # a refusal takes as long as a wrong password, and a locked owner can be let through.
-    user = authenticate(db(), services().passwords, typed_name, form.password.data)
-    lock_bypass = (not allowed and allowed.reason == "lockout.locked" and user is not None
-                   and services().mfa.enrolled(db(), user)
+    user = authenticate(db(), services().passwords, typed_name, form.password.data, rehash=bool(allowed))
+    # Whatever the throttle's reason (delay, lock, hard cap, a busy shared address), the
+    # owner's own browser with the right password and a second factor still gets in: a
+    # stranger typing wrong passwords cannot lock an official out (docs/sign-in.md).
+    lock_bypass = (not allowed and user is not None and services().mfa.enrolled(db(), user)
                    and throttle.is_known_device(db(), user, request.cookies.get(device_cookie_name())))
     if user is None or (not allowed and not lock_bypass):
-        # The name as typed (people sometimes type a password there: it is cut short and
-        # is only ever seen by auditors, never by another user).
-        audit_event("signin.password", "failure", actor_username=typed_name[:64],
+        # A name that is no account's is kept only as a hash: people type their password
+        # into the username box, and the audit log must never hold a password.
+        known = user is not None or find_user(db(), typed_name) is not None
+        audit_event("signin.password", "failure", actor_username=typed_name[:64] if known else None,
                     actor_sub=user.sub if user else None,
-                    reason="credentials.invalid" if allowed else allowed.reason)
+                    reason="credentials.invalid" if allowed else allowed.reason,
+                    details=None if known else {"typed_username_sha256": token_hash(typed_name)})
         if allowed:
             record_failure(typed_name)
         # One answer for an unknown user, a wrong password and a throttled or locked
@@ -128,9 +132,13 @@ def record_failure(typed_name: str) -> None:
     """Count a failed password or code; audit the lock it may set off."""
     outcome = services().throttle.record_failure(db(), typed_name, request.remote_addr)
     if outcome.locked_now or outcome.disabled_now:
-        audit_event("account.locked", "success", actor_username=typed_name[:64], target=typed_name[:64],
+        # Named only if it is an account (see login_submit: a typed name may be a password).
+        known = find_user(db(), typed_name)
+        audit_event("account.locked", "success", target=known.username if known else None,
+                    actor_sub=known.sub if known else None,
                     reason="lockout.disabled" if outcome.disabled_now else "lockout.locked",
-                    details={"failures": outcome.account.failures})
+                    details={"failures": outcome.account.failures, **(
+                        {} if known else {"typed_username_sha256": token_hash(typed_name)})})
 
 
 def finish_sign_in(user: User, *, amr: list[str], acr: str, interaction_id: str | None,
@@ -217,6 +225,8 @@ def start_challenge(user: User, amr: list[str], interaction_id: str | None) -> R
     db().add(LoginChallenge(id_hash=token_hash(value), user_id=user.id, amr=list(amr),
                             created_at=now, expires_at=now + CHALLENGE_SECONDS, attempts=0))
     session["mfa_challenge"] = value
+    audit_event("mfa.challenge", "success", actor_sub=user.sub, actor_username=user.username,
+                details={"shown": list(amr)})
     target = url_for("login.mfa_form", i=interaction_id) if interaction_id else url_for("login.mfa_form")
     return redirect(target, 303)
 

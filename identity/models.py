@@ -89,6 +89,9 @@ class Group(Base):
     # entryUUID / objectGUID, so a renamed group keeps its row and its members.
     source: Mapped[str] = mapped_column(String(64), default="local", server_default="local")
     external_id: Mapped[str | None] = mapped_column(String(64), default=None)
+    # A digest of the member list the last sync read: a later sync knows exactly which
+    # groups' members changed (a membership change does not touch the member's entry).
+    member_digest: Mapped[str | None] = mapped_column(String(64), default=None)
 
     __table_args__ = (Index("ix_groups_source_external_id", "source", "external_id", unique=True),)
 

@@ -27,7 +27,7 @@ import webauthn
 from sqlalchemy import delete, func, select
 from sqlalchemy.orm import Session
 from webauthn.helpers import bytes_to_base64url, parse_authentication_credential_json
-from webauthn.helpers.exceptions import InvalidAuthenticationResponse, InvalidRegistrationResponse
+from webauthn.helpers.exceptions import WebAuthnException
 from webauthn.helpers.structs import (
     AuthenticatorSelectionCriteria,
     AuthenticatorTransport,
@@ -172,7 +172,7 @@ class Passkeys:
             verified = webauthn.verify_registration_response(
                 credential=data, expected_challenge=challenge, expected_rp_id=self.rp_id,
                 expected_origin=self.origin)
-        except (InvalidRegistrationResponse, ValueError, KeyError, TypeError):
+        except (WebAuthnException, ValueError, KeyError, TypeError):
             raise PasskeyError("passkey.registration_invalid") from None
         credential_id = bytes_to_base64url(verified.credential_id)
         if session.get(WebAuthnCredential, credential_id) is not None:
@@ -209,7 +209,7 @@ class Passkeys:
         self._consume_challenge(session, challenge, "signin" if user is None else "second_factor", user)
         try:
             parsed = parse_authentication_credential_json(data)
-        except (ValueError, KeyError, TypeError):
+        except (WebAuthnException, ValueError, KeyError, TypeError):
             raise PasskeyError("passkey.answer_invalid") from None
         credential = session.get(WebAuthnCredential, bytes_to_base64url(parsed.raw_id))
         if credential is None or (user is not None and credential.user_id != user.id):
@@ -226,7 +226,7 @@ class Passkeys:
                 expected_origin=self.origin, credential_public_key=bytes(credential.public_key),
                 credential_current_sign_count=int(credential.sign_count),
                 require_user_verification=user is None)
-        except (InvalidAuthenticationResponse, ValueError, KeyError, TypeError):
+        except (WebAuthnException, ValueError, KeyError, TypeError):
             # Includes a signature counter that went backwards: a cloned authenticator.
             raise PasskeyError("passkey.assertion_invalid") from None
         credential.sign_count = verified.new_sign_count

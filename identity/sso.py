@@ -16,7 +16,7 @@ from sqlalchemy.orm import Session
 
 from identity.credentials import new_token, token_hash
 from identity.models import SsoSession, User
-from identity.services import db, services
+from identity.services import audit_event, db, services
 
 # Sent to the browser only over https (or loopback), never readable from scripts.
 SSO_COOKIE = "__Host-congvu_sso"
@@ -51,6 +51,12 @@ def current_session(session: Session | None = None, *, touch: bool = True) -> Ac
         now=now, started_at=row.created_at, last_seen_at=row.last_seen_at)
     if not decision:
         row.ended_at = now
+        # Its grants end too, as at any other end of a session (one path for all).
+        end_session_and_grants(session, row, reason=decision.reason)
+        owner = session.get(User, row.user_id)
+        audit_event("session.end", "success", actor_sub=owner.sub if owner else None,
+                    actor_username=owner.username if owner else None, reason=decision.reason,
+                    details={"sid": row.sid})
         return None
     user = session.get(User, row.user_id)
     if user is None or user.disabled:
@@ -81,6 +87,10 @@ def start_session(user: User, *, amr: list[str], acr: str | None) -> tuple[SsoSe
         return session.get(SsoSession, token_hash(value)), value
     if current is not None:
         end_session_and_grants(session, current, reason="signed_in_as_another")
+        previous = session.get(User, current.user_id)
+        audit_event("session.end", "success", actor_sub=previous.sub if previous else None,
+                    actor_username=previous.username if previous else None,
+                    reason="session.signed_in_as_another", details={"sid": current.sid})
     row = SsoSession(
         id_hash=token_hash(value), sid=new_token(16), user_id=user.id, auth_time=now, amr=amr,
         acr=acr, created_at=now, last_seen_at=now, ended_at=None,

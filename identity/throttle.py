@@ -8,6 +8,7 @@ transaction, under the row's write lock), so concurrent failures all count.
 
 from __future__ import annotations
 
+import hashlib
 import time
 import unicodedata
 from collections.abc import Callable
@@ -24,6 +25,12 @@ from identity.models import KnownDevice, ThrottleCounter, User
 from policies import CounterState, Decision, LockoutPolicy
 
 INFINITY = float("inf")
+
+
+def account_key(username: str) -> str:
+    """The counter's name for an account: a hash of the name as typed (normalised), so
+    a password typed into the username box never lands in the table as text."""
+    return hashlib.sha256(account_name(username).encode()).hexdigest()
 
 
 def account_name(username: str) -> str:
@@ -48,7 +55,7 @@ class LoginThrottle:
     # -- storage ---------------------------------------------------------------------------
     @staticmethod
     def _keys(username: str, address: str | None) -> tuple[str, str, str]:
-        name = account_name(username)
+        name = account_key(username)
         ip = (address or "unknown").replace("\x00", "\ufffd")[:64]
         return f"user:{name}", f"pair:{ip}|{name}", f"ip:{ip}"
 
@@ -126,7 +133,7 @@ class LoginThrottle:
 
     def unlock(self, session: Session, username: str) -> bool:
         """Clear the account's counters (from every address). True if it was locked."""
-        name = account_name(username)
+        name = account_key(username)
         state = self._read(session, f"user:{name}")
         # The account's row first, then its pairs: record_failure's lock order.
         session.execute(delete(ThrottleCounter).where(ThrottleCounter.key == f"user:{name}"))
@@ -135,7 +142,7 @@ class LoginThrottle:
         return state.locked_until == INFINITY or state.locked_until > self.clock()
 
     def account_state(self, session: Session, username: str) -> CounterState:
-        return self._read(session, f"user:{account_name(username)}")
+        return self._read(session, f"user:{account_key(username)}")
 
     # -- known devices -----------------------------------------------------------------------
     @staticmethod

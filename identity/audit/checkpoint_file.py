@@ -31,9 +31,11 @@ from sqlalchemy import func, select
 
 from identity.audit import chain
 from identity.audit.forward import ChainAlert, Outgoing, alert_document, checkpoint_document, json_text
+from identity.audit.log import trusted_checkpoint_keys
 from identity.db import Database
-from identity.models import AuditEvent, AuditHead, AuditKey
+from identity.models import AuditEvent, AuditHead
 from keys.checkpoint import signature_valid
+from keys.master import MasterKey
 
 LOOKUP_BATCH = 500
 
@@ -127,8 +129,8 @@ def verify_offhost(checkpoints: Sequence[Mapping[str, Any]], chain_end: int,
     return None
 
 
-def verify_against_database(database: Database,
-                            checkpoints: Sequence[Mapping[str, Any]]) -> chain.Finding | None:
+def verify_against_database(database: Database, checkpoints: Sequence[Mapping[str, Any]],
+                            master_key: MasterKey) -> chain.Finding | None:
     """verify_offhost() with the head, hashes and public keys read from `database`.
 
     Read the file before calling this, never after: every checkpoint in the file was
@@ -146,6 +148,5 @@ def verify_against_database(database: Database,
             batch = wanted[start:start + LOOKUP_BATCH]
             hashes.update((int(row.seq), row.hash) for row in connection.execute(
                 select(AuditEvent.seq, AuditEvent.hash).where(AuditEvent.seq.in_(batch))))
-        public_keys = {row.kid: bytes(row.public_key)
-                       for row in connection.execute(select(AuditKey.kid, AuditKey.public_key))}
+        public_keys = trusted_checkpoint_keys(connection, master_key)
     return verify_offhost(checkpoints, chain_end, hashes, public_keys.get, pruned_through)

@@ -12,7 +12,9 @@ a request's several records in one such transaction, taking the lock once.
 from __future__ import annotations
 
 import hashlib
+import hmac
 import json
+import logging
 import re
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -26,6 +28,8 @@ from identity.db import Database
 from identity.models import AuditCheckpoint, AuditEvent, AuditHead, AuditKey
 from keys.checkpoint import CheckpointKey
 from keys.master import MasterKey
+
+log = logging.getLogger("congvu")
 
 events_table = AuditEvent.__table__
 head_table = AuditHead.__table__
@@ -198,6 +202,26 @@ def _stored_fields(entry: AuditEntry) -> dict[str, Any]:
     return fields
 
 
+def trusted_checkpoint_keys(connection: Connection, master_key: MasterKey) -> dict[str, bytes]:
+    """Checkpoint public keys this deployment made: only a key whose private half opens
+    under the master key and matches its public half is believed. Someone who can write
+    the database but lacks the master key cannot add (or swap in) a key of their own and
+    re-sign a rewritten chain with it; their checkpoints show as bad signatures."""
+    trusted = {}
+    for row in connection.execute(select(keys_table.c.kid, keys_table.c.public_key,
+                                         keys_table.c.sealed_private_key)):
+        try:
+            key = CheckpointKey.unseal(row.kid, bytes(row.sealed_private_key), master_key)
+        except Exception:  # noqa: BLE001 - any failure to open means: not our key
+            log.warning("audit checkpoint key %s does not open with the master key: not trusted", row.kid)
+            continue
+        if hmac.compare_digest(key.public_key, bytes(row.public_key)):
+            trusted[row.kid] = bytes(row.public_key)
+        else:
+            log.warning("audit checkpoint key %s: public half does not match: not trusted", row.kid)
+    return trusted
+
+
 class AuditLog:
     def __init__(self, database: Database, master_key: MasterKey, checkpoint_every: int = 1000,
                  checkpoint_seconds: int = 60, clock: Callable[[], str] = utc_timestamp) -> None:
@@ -359,8 +383,7 @@ class AuditLog:
             # They are few: one per checkpoint_every records or per interval.
             checkpoints = [dict(row) for row in connection.execute(
                 select(checkpoints_table).order_by(checkpoints_table.c.seq)).mappings()]
-            public_keys = {row.kid: bytes(row.public_key)
-                           for row in connection.execute(select(keys_table.c.kid, keys_table.c.public_key))}
+            public_keys = self._trusted_public_keys(connection)
             head = connection.execute(select(head_table.c.seq, head_table.c.hash)
                                       .where(head_table.c.id == 1)).one()
             head_seq = int(head.seq)
@@ -382,6 +405,9 @@ class AuditLog:
                     return chain.Finding(int(beyond), "inserted",
                                          f"record {beyond} lies beyond the stored head {current}")
         return None
+
+    def _trusted_public_keys(self, connection: Connection) -> dict[str, bytes]:
+        return trusted_checkpoint_keys(connection, self._master_key)
 
     @staticmethod
     def _pruned_start(connection: Connection, checkpoints: list[dict[str, Any]]

@@ -8,6 +8,7 @@ are canonical UUID strings.
 
 from __future__ import annotations
 
+import hashlib
 import unicodedata
 import uuid
 from collections.abc import Iterable, Mapping
@@ -23,6 +24,12 @@ class DirectoryGroup:
     members: frozenset[str] = frozenset()  # DN keys, from the group's member list
     member_of: frozenset[str] = frozenset()  # DN keys, from the group's memberOf
     changed: str = ""  # the change marker as the directory gave it
+
+    @property
+    def member_digest(self) -> str:
+        """Changes exactly when the group's member list (or its own groups) changes."""
+        text = "\n".join(sorted(self.members)) + "\x00" + "\n".join(sorted(self.member_of))
+        return hashlib.sha256(text.encode()).hexdigest()
 
 
 @dataclass(frozen=True)

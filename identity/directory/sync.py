@@ -29,6 +29,7 @@ one second: the next sync may read again an entry or two it had, never miss one.
 
 from __future__ import annotations
 
+import math
 import os
 import socket
 import time
@@ -38,7 +39,7 @@ from datetime import UTC, datetime, timedelta
 from itertools import islice
 from typing import Any
 
-from sqlalchemy import or_, select, update
+from sqlalchemy import delete, insert, or_, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, selectinload
 
@@ -179,7 +180,7 @@ def timestamp_mark(newest_seen: str, seconds_taken: float) -> str | None:
     newest = _parse_generalized_time(newest_seen)
     if newest is None:
         return None
-    return (newest - timedelta(seconds=int(seconds_taken) + 1)).strftime("%Y%m%d%H%M%SZ")
+    return (newest - timedelta(seconds=math.ceil(seconds_taken) + 1)).strftime("%Y%m%d%H%M%SZ")
 
 
 def _batched(items: Iterable[Any], size: int) -> Iterator[list[Any]]:
@@ -222,13 +223,21 @@ class _SyncRun:
         plan = self._plan(listed, disabled_ids)
 
         invalid: list[str] = []
+        regroup: dict[str, int] = {}
         if report.full:
             entries: Iterable[DirectoryEntry] = reader.users(invalid=invalid)
             total: int | None = len(listed)
         else:
             changed = list(reader.users(changed_since=threshold, invalid=invalid))
-            changed.extend(self._members_of_changed_groups(reader, graph, groups, threshold,
-                                                           {e.id for e in changed}, invalid))
+            changed_keys, changed_rows = self._changed_groups(groups, threshold or "")
+            if changed_keys or changed_rows:
+                affected = self._members_of(graph, changed_keys, changed_rows)
+                if self.settings.group_membership == "memberof":
+                    changed.extend(self._memberof_entries(reader, graph, changed_keys, affected,
+                                                          {entry.id for entry in changed}, invalid))
+                else:
+                    read = {entry.id for entry in changed}
+                    regroup = {sub: user_id for sub, user_id in affected.items() if sub not in read}
             entries, total = changed, len(changed)
 
         group_rows = self._write_groups(groups)
@@ -245,6 +254,8 @@ class _SyncRun:
             if self.progress is not None:
                 self.progress(done, total)
         report.invalid = len(invalid)
+        if regroup:
+            self._regroup(graph, group_rows, regroup.values())
         self._apply_plan(plan)
 
         if not m.changed_is_usn:
@@ -312,42 +323,89 @@ class _SyncRun:
                     self.report.enabled += 1
 
     # -- incremental: users whose groups changed --------------------------------------------
-    def _members_of_changed_groups(self, reader: Any, graph: GroupGraph, groups: list[DirectoryGroup],
-                                   threshold: str, already: set[str],
-                                   invalid: list[str]) -> list[DirectoryEntry]:
-        """A membership change touches the group's entry, not the member's: users in a
-        group that changed (or appeared, or went), before or after, at any depth of
-        nesting, are read again."""
+    def _changed_groups(self, groups: list[DirectoryGroup], threshold: str) -> tuple[set[str], list[int]]:
+        """Groups whose membership changed since the last sync: DN keys of those in the
+        directory, row ids of those here (removed ones included). With member lists (member
+        mode) a changed group is one whose list differs from the last sync's, exactly; with
+        memberOf, the group's own change marker says so (exact with uSNChanged)."""
         with self.database.session() as session:
-            known = {row.external_id: row.id for row in session.execute(
-                select(Group.external_id, Group.id).where(Group.source == self.name))}
-        changed_ids = {group.id for group in groups
-                       if group.id not in known or changed_after(group.changed, threshold)}
-        changed_keys = {dn_key(group.dn) for group in groups if group.id in changed_ids}
+            rows = session.execute(select(Group.external_id, Group.id, Group.member_digest)
+                                   .where(Group.source == self.name)).all()
+        known = {row.external_id: row.id for row in rows}
+        if self.settings.group_membership == "member":
+            digests = {row.external_id: row.member_digest for row in rows}
+            changed_ids = {group.id for group in groups if digests.get(group.id) != group.member_digest}
+        else:
+            changed_ids = {group.id for group in groups
+                           if group.id not in known or changed_after(group.changed, threshold)}
         in_directory = {group.id for group in groups}
-        changed_rows = [row_id for group_id, row_id in known.items()
-                        if group_id not in in_directory or group_id in changed_ids]
-        if not changed_keys and not changed_rows:
-            return []
-        affected: set[str] = set()
-        found: list[DirectoryEntry] = []
+        return ({dn_key(group.dn) for group in groups if group.id in changed_ids},
+                [row_id for group_id, row_id in known.items()
+                 if group_id not in in_directory or group_id in changed_ids])
+
+    def _members_of(self, graph: GroupGraph, changed_keys: set[str],
+                    changed_rows: list[int]) -> dict[str, int]:
+        """Accounts (sub -> id) in a changed group before this sync, or after it (member
+        mode, where the graph knows members by DN), at any depth of nesting."""
+        affected: dict[str, int] = {}
         with self.database.session() as session:
             if changed_rows:
-                affected.update(session.scalars(
-                    select(User.sub).join(user_groups, user_groups.c.user_id == User.id)
+                affected.update((sub, user_id) for sub, user_id in session.execute(
+                    select(User.sub, User.id).join(user_groups, user_groups.c.user_id == User.id)
                     .where(User.source == self.name, user_groups.c.group_id.in_(changed_rows))))
             if changed_keys and self.settings.group_membership == "member":
                 members = graph.members_below(changed_keys)
-                for sub, dn in session.execute(select(User.sub, User.dn).where(User.source == self.name)):
+                for sub, user_id, dn in session.execute(select(User.sub, User.id, User.dn)
+                                                        .where(User.source == self.name)):
                     if dn and dn_key(dn) in members:
-                        affected.add(sub)
-        if changed_keys and self.settings.group_membership == "memberof":
+                        affected[sub] = user_id
+        return affected
+
+    def _memberof_entries(self, reader: Any, graph: GroupGraph, changed_keys: set[str],
+                          affected: dict[str, int], already: set[str],
+                          invalid: list[str]) -> list[DirectoryEntry]:
+        """memberof mode: a membership lives on the member's entry (memberOf) without changing
+        its marker, so the members of changed groups, before and after, are read again."""
+        found: list[DirectoryEntry] = []
+        if changed_keys:
             below = graph.groups_below(changed_keys)
-            found = [entry for entry in reader.users_in_groups(
-                [graph.by_key[key].dn for key in below], invalid) if entry.id not in already]
+            dns = [graph.by_key[key].dn for key in below]
+            found = [entry for entry in reader.users_in_groups(dns, invalid) if entry.id not in already]
             already = already | {entry.id for entry in found}
-        found.extend(reader.users_by_ids(affected - already, invalid))
+        found.extend(reader.users_by_ids(set(affected) - already, invalid))
         return found
+
+    def _regroup(self, graph: GroupGraph, group_rows: dict[str, int], user_ids: Iterable[int]) -> None:
+        """member mode: the groups of accounts whose entries did not change but whose groups'
+        member lists did, from the graph and the DN kept here; nothing is read again. In plain
+        SQL: a changed big group touches thousands of accounts, and the ORM would load each."""
+        own_groups = set(group_rows.values())
+        now = int(time.time())
+        for chunk in _batched(sorted(set(user_ids)), CHUNK * 4):
+            with self.database.session() as session:
+                dns = {row.id: row.dn for row in session.execute(select(User.id, User.dn)
+                                                                   .where(User.id.in_(chunk)))}
+                held: dict[int, set[int]] = {user_id: set() for user_id in dns}
+                for user_id, group_id in session.execute(
+                        select(user_groups.c.user_id, user_groups.c.group_id)
+                        .where(user_groups.c.user_id.in_(chunk))):
+                    if group_id in own_groups:
+                        held[user_id].add(group_id)
+                added, removed, touched = [], [], []
+                for user_id, dn in dns.items():
+                    wanted = {group_rows[name] for name in graph.group_names(dn or "") if name in group_rows}
+                    if wanted != held[user_id]:
+                        added += [{"user_id": user_id, "group_id": g} for g in wanted - held[user_id]]
+                        removed += [(user_id, g) for g in held[user_id] - wanted]
+                        touched.append(user_id)
+                if added:
+                    session.execute(insert(user_groups), added)
+                for user_id, group_id in removed:
+                    session.execute(delete(user_groups).where(user_groups.c.user_id == user_id,
+                                                              user_groups.c.group_id == group_id))
+                if touched:
+                    session.execute(update(User).where(User.id.in_(touched)).values(updated_at=now))
+                self.report.updated += len(touched)
 
     # -- writing -------------------------------------------------------------------------------
     def _write_groups(self, groups: list[DirectoryGroup]) -> dict[str, int]:
@@ -371,11 +429,12 @@ class _SyncRun:
                     continue
                 if row is None:
                     row = Group(name=group.name, description=group.description, source=self.name,
-                                external_id=group.id)
+                                external_id=group.id, member_digest=group.member_digest)
                     session.add(row)
                 else:
                     taken.pop(row.name, None)
                     row.name, row.description = group.name, group.description
+                    row.member_digest = group.member_digest
                 taken[group.name] = row
             for external_id, row in rows.items():
                 if external_id not in seen:
@@ -398,7 +457,9 @@ class _SyncRun:
         group_objects = {group.id: group for group in session.scalars(
             select(Group).where(Group.id.in_(list(group_rows.values()))))} if group_rows else {}
         now = int(time.time())
-        for entry in entries:
+        # Known accounts first: one renamed away frees its name for a newcomer in the same
+        # chunk (the flush writes the renames before the inserts).
+        for entry in sorted(entries, key=lambda entry: entry.id not in existing):
             user = existing.get(entry.id)
             if user is not None and user.source != self.name:
                 self.report.conflicts += 1  # a local account with this UUID: never taken over
@@ -419,6 +480,8 @@ class _SyncRun:
                 holders[username] = user
                 self.report.created += 1
             elif self._update(session, user, entry, username, wanted_groups, now):
+                for name in [name for name, holder in holders.items() if holder is user]:
+                    del holders[name]  # a former name, free now
                 holders[username] = user
                 self.report.updated += 1
             else:

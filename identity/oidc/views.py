@@ -165,7 +165,7 @@ def authorize() -> Response:
         return authorization_error(error)
     client = grant.request.client
     redirect_uri = grant.redirect_uri
-    params = request.args
+    params = request.values  # GET or POST (OIDC Core §3.1.2.1)
     if any("\x00" in value for _name, value in params.items(multi=True)):  # PostgreSQL text cannot store it
         return authorization_error(InvalidRequestError(
             "Parameters must not contain NUL characters.", redirect_uri=redirect_uri))
@@ -215,6 +215,15 @@ def authorize() -> Response:
     step = second_factor_step(active, client.client_id, prompts, redirect_uri)
     if step is not None:
         return step
+    if "pwd" in active.row.amr and not services().config.password_policy.check_expiry(
+            changed_at=active.user.password_changed_at, now=time.time()):
+        # An expired password (when a provincial rule sets max_age_days) is changed before
+        # any application gets a code, not only offered at sign-in.
+        if "none" in prompts:
+            return authorization_error(LoginRequiredError(redirect_uri=redirect_uri))
+        session["after_password_change"] = resume_url(start_interaction())
+        flash(_("Your password has expired. Choose a new one to continue."), "warning")
+        return redirect(url_for("account.password_form"), 303)
     if "consent" in prompts or not client.row.first_party:
         if "none" in prompts:
             return authorization_error(ConsentRequiredError(redirect_uri=redirect_uri))
@@ -239,7 +248,7 @@ def second_factor_step(active: sso.ActiveSession, client_id: str, prompts: set[s
     show the second factor (step-up), or enrol one. None: go on."""
     if active.row.acr == sso.ACR_MULTI_FACTOR:
         return None
-    asked = sso.ACR_MULTI_FACTOR in (request.args.get("acr_values") or "").split()
+    asked = sso.ACR_MULTI_FACTOR in (request.values.get("acr_values") or "").split()
     required = mfa_required(active.user, client_id)
     if not asked and required is None:
         return None

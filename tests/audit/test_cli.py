@@ -51,11 +51,11 @@ def tool(tmp_path: Path, database_url: str) -> Iterator[Tool]:
 def test_verify_a_clean_log(tool: Tool) -> None:
     result = tool("audit", "verify")
     assert result.exit_code == 0, result.output
-    # `db upgrade` recorded the two signing keys it made, then 12 sign-ins: checkpoints
-    # at 1 (the first record), 5 and 10.
-    assert result.stdout.strip() == "audit log verified: 14 records, 3 checkpoints"
+    # `db upgrade` recorded the two signing keys it made and the policies in force, then
+    # 12 sign-ins: checkpoints at 1 (the first record), 5, 10 and 15.
+    assert result.stdout.strip() == "audit log verified: 15 records, 4 checkpoints"
     data = json.loads(tool("audit", "verify", "--json").stdout)
-    assert data == {"verified": True, "records": 14, "checkpoints": 3}
+    assert data == {"verified": True, "records": 15, "checkpoints": 4}
 
 
 def test_verify_names_the_first_bad_record(tool: Tool, database_url: str) -> None:
@@ -81,12 +81,12 @@ def test_list_newest_first(tool: Tool) -> None:
     result = tool("audit", "list", "--limit", "3")
     assert result.exit_code == 0, result.output
     lines = result.stdout.strip().splitlines()
-    assert len(lines) == 3 and lines[0].split()[0] == "14" and "can.bo12" in lines[0]
+    assert len(lines) == 3 and lines[0].split()[0] == "15" and "can.bo12" in lines[0]
     assert "Sở Nội vụ" in lines[0]
     records = json.loads(tool("audit", "list", "--json").stdout)
-    assert [r["seq"] for r in records] == list(range(14, 0, -1))
+    assert [r["seq"] for r in records] == list(range(15, 0, -1))
     assert records[0]["details"] == {"n": 12} and len(records[0]["hash"]) == 64
-    assert [r["event"] for r in records[-2:]] == ["key.generated", "key.generated"]
+    assert [r["event"] for r in records[-3:]] == ["policy.changed", "key.generated", "key.generated"]
 
 
 def test_list_an_empty_log_and_a_bad_limit(tmp_path: Path, database_url: str) -> None:

@@ -337,7 +337,9 @@ def test_cli_changes_are_recorded_with_the_os_user(tmp_path: Path, database_url:
     instance = make_instance()  # the same folder and database: reads what the CLI wrote
 
     keys_before = {k["state"]: k["kid"] for k in json.loads(cli.ok("keys", "list", "--json").stdout)}
-    assert [(r["event"], r["target"]) for r in all_records(instance)] == [
+    # (policy.changed is tested on its own below: the test instance hashes passwords
+    # with other parameters than the CLI's, so it records its policies too.)
+    assert [(r["event"], r["target"]) for r in all_records(instance) if r["event"] != "policy.changed"] == [
         ("key.generated", keys_before["current"]), ("key.generated", keys_before["next"])]
     mark = last_seq(instance)
 
@@ -482,3 +484,22 @@ def test_flush_keeps_refusals_and_drops_uncommitted_writes(instance) -> None:  #
     assert [(r["event"], r["target"]) for r in after] == [("test.refused", None), ("test.written", "t2")]
     assert_origin(after[0])
     assert_log_sound(instance)
+
+
+def test_policies_in_force_are_recorded_when_they_change(make_instance) -> None:  # type: ignore[no-untyped-def]
+    from identity.app import prepare_instance
+
+    instance = make_instance()
+    changed = [r for r in all_records(instance) if r["event"] == "policy.changed"]
+    values = json.loads(changed[0]["details"]["values"])
+    assert len(changed) == 1 and values["lockout"]["lock_after"] == 5
+    # Readable, not hashed: every section and setting is there as configured.
+    assert values["password"]["min_length"] == 15 and values["mfa"]["max_code_attempts"] == 5
+    assert set(values) >= {"session", "password", "password_hash", "mfa", "lockout", "audit_retention"}
+    prepare_instance(instance.services)  # the same policies again: nothing new
+    assert len([r for r in all_records(instance) if r["event"] == "policy.changed"]) == 1
+    stricter = make_instance(lockout={"lock_after": 3})
+    changed = [r for r in all_records(stricter) if r["event"] == "policy.changed"]
+    assert len(changed) == 2 and json.loads(changed[-1]["details"]["values"])["lockout"]["lock_after"] == 3
+    assert changed[-1]["details"]["digest"] != changed[0]["details"]["digest"]
+    assert stricter.services.audit.verify() is None

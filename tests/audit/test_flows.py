@@ -22,7 +22,7 @@ def test_sign_in_failure_then_success_then_sign_out_are_recorded(instance) -> No
     assert http.post("/logout", data={"csrf_token": csrf_token(page), "confirm": "yes"}).status_code == 200
 
     audit = instance.services.audit
-    records = [r for r in reversed(audit.recent(10)) if r["event"] != "key.generated"]
+    records = [r for r in reversed(audit.recent(10)) if r["event"] not in ("key.generated", "policy.changed")]
     assert [(r["event"], r["outcome"]) for r in records] == [
         ("signin.password", "failure"), ("signin.password", "success"), ("session.start", "success"),
         ("session.end", "success")]
@@ -51,11 +51,20 @@ def test_no_password_reaches_the_audit_log(instance) -> None:  # type: ignore[no
 
 
 def test_control_characters_in_fields_are_encoded(instance) -> None:  # type: ignore[no-untyped-def]
-    """A forged line or terminal escape in a typed username stays inert text (and a NUL,
-    which PostgreSQL cannot store, does not break the sign-in page)."""
+    """A forged line or terminal escape in a request's fields stays inert text (and a NUL,
+    which PostgreSQL cannot store, does not break the sign-in page). The user agent is
+    stored as sent; a typed name that is no account is stored only as a hash."""
+    import hashlib
+
+    typed = "ai\n2026-11-26 admin signin ok\x00\x1b[31m"
     http = instance.client()
-    response = post_login(http, "ai\n2026-11-26 admin signin ok\x00\x1b[31m", "x")
+    page = http.get("/login").get_data(as_text=True)
+    response = http.post("/login", data={"csrf_token": csrf_token(page), "username": typed, "password": "x",
+                                         "i": hidden_field(page, "i")},
+                         headers={"User-Agent": "Mozilla\x1b[2J\x7f\x85"})
     assert response.status_code == 303
     record = instance.services.audit.recent(1)[0]
-    assert record["actor_username"] == "ai\\x0a2026-11-26 admin signin ok\\x00\\x1b[31m"
+    assert record["user_agent"] == "Mozilla\\x1b[2J\\x7f\\x85"
+    assert record["actor_username"] is None
+    assert record["details"]["typed_username_sha256"] == hashlib.sha256(typed.encode()).hexdigest()
     assert instance.services.audit.verify() is None

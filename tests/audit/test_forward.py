@@ -859,7 +859,7 @@ def test_file_sink_appends_checkpoints_once(audit: AuditLog, tmp_path: Path) -> 
     assert [(line["type"], line["seq"]) for line in lines] == [("checkpoint", 1), ("checkpoint", 10),
                                                                ("checkpoint", 20)]
     checkpoints = read_checkpoint_file(path)
-    assert verify_against_database(audit.database, checkpoints) is None
+    assert verify_against_database(audit.database, checkpoints, audit._master_key) is None
     assert forwarder.forward_once() == {}
     assert len(file_lines(path)) == 3  # nothing twice
     append(audit, 5)  # checkpoint 30

@@ -4,6 +4,7 @@ would; verify() names the first bad sequence number and what happened. Both back
 from __future__ import annotations
 
 import pytest
+from sqlalchemy import text
 
 from identity.audit import chain
 from identity.audit.log import AuditLog
@@ -142,3 +143,55 @@ def put_contents(audit: AuditLog, seq: int, source: dict) -> None:
     with audit.database.engine.begin() as connection:
         connection.execute(events_table.update().where(events_table.c.seq == seq)
                            .values(**{column: source[column] for column in COLUMNS}))
+
+
+def _rewrite_and_resign(audit: AuditLog, own_key) -> None:  # type: ignore[no-untyped-def]
+    """Change record 5, recompute every hash after it, and re-sign every checkpoint with
+    `own_key`: what an attacker with database access (but no master key) can do."""
+    from identity.audit.log import events_table
+
+    run_sql(audit.database, "UPDATE audit_events SET outcome = 'failure' WHERE seq = 5")
+    prev = chain.GENESIS
+    with audit.database.engine.begin() as connection:
+        stored = [dict(r) for r in connection.execute(
+            events_table.select().order_by(events_table.c.seq)).mappings()]
+        for item in stored:
+            digest = chain.record_hash(prev, item)
+            connection.execute(events_table.update().where(events_table.c.seq == item["seq"])
+                               .values(hash=digest.hex()))
+            prev = digest
+            checkpoint = connection.execute(
+                text("SELECT created_at FROM audit_checkpoints WHERE seq = :s"), {"s": item["seq"]}).first()
+            if checkpoint is not None:
+                signature = own_key.sign(chain.checkpoint_message(item["seq"], digest, checkpoint.created_at))
+                connection.execute(text(
+                    "UPDATE audit_checkpoints SET head_hash = :h, kid = :k, signature = :sig WHERE seq = :s"),
+                    {"h": digest.hex(), "k": own_key.kid, "sig": signature, "s": item["seq"]})
+        connection.execute(text("UPDATE audit_head SET hash = :h WHERE id = 1"), {"h": prev.hex()})
+
+
+def test_a_key_of_the_attackers_own_is_not_believed(filled: AuditLog) -> None:
+    """The attacker adds their own checkpoint key (public half, and a sealed private half
+    they cannot seal under our master key) and re-signs a rewritten chain."""
+    from keys.checkpoint import CheckpointKey
+    from keys.master import MasterKey
+
+    own = CheckpointKey.generate()
+    run_sql(filled.database, "INSERT INTO audit_keys (kid, public_key, sealed_private_key, created_at) "
+                             "VALUES (:kid, :pub, :sealed, '2020-01-01T00:00:00.000000Z')",
+            kid=own.kid, pub=own.public_key, sealed=own.seal(MasterKey.generate()))
+    _rewrite_and_resign(filled, own)
+    seq, kind = found(filled)
+    assert kind == "bad_signature" and seq == 1
+
+
+def test_a_swapped_public_key_is_not_believed(filled: AuditLog) -> None:
+    """The attacker replaces the public half of our own key row with theirs."""
+    from keys.checkpoint import CheckpointKey
+
+    own = CheckpointKey.generate()
+    kid = rows(filled.database, "SELECT kid FROM audit_keys")[0]["kid"]
+    run_sql(filled.database, "UPDATE audit_keys SET public_key = :pub", pub=own.public_key)
+    _rewrite_and_resign(filled, CheckpointKey(kid, own.private_key))
+    seq, kind = found(filled)
+    assert kind == "bad_signature" and seq == 1

@@ -6,10 +6,10 @@
 
 The server listens on 127.0.0.1 only, on two free high ports (ldap:// with StartTLS, and
 ldaps://). Its configuration is what a province would run: core, cosine, inetorgperson
-and nis schemas, an mdb database, the ppolicy overlay (for pwdAccountLockedTime), optionally
-memberof, the default size limit of 500 with unlimited paged results for the service
-account, and ACLs that let a person change their own password and the service account
-read everything but passwords.
+and nis schemas, an mdb database, the ppolicy overlay (for pwdAccountLockedTime), refint
+(member lists follow moved and deleted entries), optionally memberof, the default size
+limit of 500 with unlimited paged results for the service account, and ACLs that let a
+person change their own password and the service account read everything but passwords.
 """
 
 from __future__ import annotations
@@ -244,7 +244,8 @@ class Slapd:
     def _configuration(self) -> str:
         folder = self.folder
         lines = [f"include /etc/ldap/schema/{schema}.schema" for schema in SCHEMAS]
-        lines += ["modulepath /usr/lib/ldap", "moduleload back_mdb", "moduleload ppolicy"]
+        lines += ["modulepath /usr/lib/ldap", "moduleload back_mdb", "moduleload ppolicy",
+                  "moduleload refint"]
         if self.memberof:
             lines.append("moduleload memberof")
         lines += [f"pidfile {folder / 'slapd.pid'}", f"argsfile {folder / 'slapd.args'}"]
@@ -258,6 +259,9 @@ class Slapd:
             "index objectClass eq", "index uid,mail,cn,entryUUID eq", "index member eq",
             f'limits dn.exact="{SERVICE_DN}" size=unlimited time=unlimited',
             "overlay ppolicy",
+            # Member lists follow a renamed, moved or deleted entry, as in any real directory
+            # (Active Directory does the same by itself). It updates them just after the operation.
+            "overlay refint", "refint_attributes member",
         ]
         if self.memberof:
             lines += ["overlay memberof"]

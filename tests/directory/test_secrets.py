@@ -78,7 +78,8 @@ def test_no_password_in_logs_audit_records_errors_or_reprs(slapd, directory_inst
     secrets = (SAMPLE_PASSWORD, NEW_PASSWORD, WRONG_PASSWORD, directory.settings.bind_password)
     assert_nowhere(logged, *secrets)
     assert_nowhere("\n".join(errors), *secrets)
-    assert_nowhere(repr(directory) + repr(directory.settings) + repr(services.config) + repr(services), *secrets)
+    reprs = repr(directory) + repr(directory.settings) + repr(services.config) + repr(services)
+    assert_nowhere(reprs, *secrets)
     with services.database.session() as session:
         records = session.scalars(select(AuditEvent)).all()
         assert any(record.event == "directory.sync" for record in records)

@@ -15,7 +15,8 @@ from tests.directory.slapd import SAMPLE_PASSWORD
 
 
 def test_ldaps_with_the_ca(shared_slapd, make_directory, pki) -> None:  # type: ignore[no-untyped-def]
-    directory = make_directory(shared_slapd, url=shared_slapd.ldaps_url, tls="ldaps", ca_file=str(pki.ca_file))
+    directory = make_directory(shared_slapd, url=shared_slapd.ldaps_url, tls="ldaps",
+                               ca_file=str(pki.ca_file))
     assert directory.authenticate("hoalt", SAMPLE_PASSWORD).username == "hoalt"
     connection = directory._pool._idle[0]
     assert connection.socket.version() in ("TLSv1.2", "TLSv1.3")

@@ -41,12 +41,14 @@ def upgrade() -> None:
     with op.batch_alter_table('groups') as batch_op:
         batch_op.add_column(sa.Column('source', sa.String(length=64), server_default='local', nullable=False))
         batch_op.add_column(sa.Column('external_id', sa.String(length=64), nullable=True))
+        batch_op.add_column(sa.Column('member_digest', sa.String(length=64), nullable=True))
         batch_op.create_index('ix_groups_source_external_id', ['source', 'external_id'], unique=True)
 
 
 def downgrade() -> None:
     with op.batch_alter_table('groups') as batch_op:
         batch_op.drop_index('ix_groups_source_external_id')
+        batch_op.drop_column('member_digest')
         batch_op.drop_column('external_id')
         batch_op.drop_column('source')
     with op.batch_alter_table('users') as batch_op:
