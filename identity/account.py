@@ -22,6 +22,8 @@ from wtforms.validators import DataRequired, Length
 
 from identity import sso
 from identity.accounts import password_history, set_password
+from identity.directory.errors import DirectoryUnavailable, PasswordChangeRefused
+from identity.directory.signin import change_directory_password, is_directory_user
 from identity.models import Client, SsoSession, User
 from identity.oidc.tokens import active_grants_for_session
 from identity.passkeys import PasskeyError
@@ -210,7 +212,9 @@ def password_change(active: sso.ActiveSession) -> Response:
     allowed = services().throttle.check(db(), user.username, request.remote_addr)
     if not allowed:
         return refuse(allowed.reason, _("Too many wrong passwords. Try again in a few minutes."))
-    if not services().passwords.verify(user.password_hash, form.current_password.data or ""):
+    directory_user = is_directory_user(user)
+    if not directory_user and not services().passwords.verify(user.password_hash,
+                                                              form.current_password.data or ""):
         from identity.login import record_failure
 
         record_failure(user.username)  # a guessed current password counts like a sign-in
@@ -222,7 +226,26 @@ def password_change(active: sso.ActiveSession) -> Response:
     decision = policy.check(new_password, password_context(user))
     if not decision:
         return refuse(decision.reason, password_message(decision))
-    set_password(user, services().passwords, new_password, session=db(), keep_history=policy.history_count)
+    if directory_user:
+        # The directory checks the current password and stores the new one (Password
+        # Modify; unicodePwd on AD), after the local policy above has accepted it.
+        try:
+            change_directory_password(db(), services().directories, user,
+                                      form.current_password.data or "", new_password)
+        except DirectoryUnavailable:
+            return refuse("directory.unavailable", _("The directory of officials cannot be reached right "
+                                                     "now. Please try again in a few minutes."))
+        except PasswordChangeRefused as error:
+            if error.reason == "directory.wrong_password":
+                from identity.login import record_failure
+
+                record_failure(user.username)
+                return refuse("credentials.invalid", _("Your current password is not correct."))
+            return refuse(error.reason, _("The directory refused the new password. Choose another one "
+                                          "or ask the IT help desk."))
+    else:
+        set_password(user, services().passwords, new_password, session=db(),
+                     keep_history=policy.history_count)
     # Anyone else holding a session of this account (the reason people change a
     # password) is signed out; this browser stays signed in.
     ended = []

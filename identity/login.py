@@ -35,8 +35,10 @@ from wtforms import HiddenField, PasswordField, StringField
 from wtforms.validators import DataRequired, Length
 
 from identity import sso
-from identity.accounts import authenticate, find_user
+from identity.accounts import find_user
 from identity.credentials import new_token, token_hash
+from identity.directory.errors import DirectoryUnavailable
+from identity.directory.signin import check_password
 from identity.models import LoginChallenge, User
 from identity.passkeys import PasskeyError
 from identity.roles import group_names, is_privileged
@@ -92,7 +94,21 @@ def login_submit() -> Response:
     allowed = throttle.check(db(), typed_name, request.remote_addr)
     # The password is checked even when the throttle refuses: the same Argon2id work, so
     # a refusal takes as long as a wrong password, and a locked owner can be let through.
-    user = authenticate(db(), services().passwords, typed_name, form.password.data, rehash=bool(allowed))
+    try:
+        # Local accounts by their Argon2id hash; directory officials by their directory.
+        checked = check_password(db(), services().passwords, services().directories, typed_name,
+                                 form.password.data, refresh_account=bool(allowed))
+    except DirectoryUnavailable as error:
+        # Not the official's fault, and not a guess: no failure is counted. Local
+        # (break-glass) administrators are checked locally and still get in.
+        audit_event("signin.password", "failure", reason="directory.unavailable",
+                    details={"directory": error.directory})
+        flash(_("The directory of officials cannot be reached right now, so your password cannot be "
+                "checked. Please try again in a few minutes; if it persists, call the IT help desk."),
+              "error")
+        session["login_username"] = typed_name[:MAX_USERNAME]
+        return redirect(back, 303)
+    user = checked.user
     # Whatever the throttle's reason (delay, lock, hard cap, a busy shared address), the
     # owner's own browser with the right password and a second factor still gets in: a
     # stranger typing wrong passwords cannot lock an official out (docs/sign-in.md).
@@ -104,7 +120,7 @@ def login_submit() -> Response:
         known = user is not None or find_user(db(), typed_name) is not None
         audit_event("signin.password", "failure", actor_username=typed_name[:64] if known else None,
                     actor_sub=user.sub if user else None,
-                    reason="credentials.invalid" if allowed else allowed.reason,
+                    reason=checked.reason if allowed else allowed.reason,
                     details=None if known else {"typed_username_sha256": token_hash(typed_name)})
         if allowed:
             record_failure(typed_name)

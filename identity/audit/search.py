@@ -190,7 +190,7 @@ def _prefix_names(connection: Connection, query: AuditQuery) -> list[str] | None
 
     SQLite reads a prefix as a range of the (event, seq) index, and without histograms
     it does so even for `signin.`, a quarter of the log: every match is then read and
-    sorted for one page (44 ms at 100,000 records, and growing with the log; 1.2 ms this
+    sorted for one page (44 ms at 100,000 records, and growing with the log; 1.3 ms this
     way at a million, bench/run_audit.py). One keyset scan per name
     instead reads a page's worth of each. PostgreSQL's statistics already choose between
     the index and a backward scan of the table, so it keeps the LIKE. With a user

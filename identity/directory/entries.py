@@ -11,8 +11,8 @@ from __future__ import annotations
 import hashlib
 import unicodedata
 import uuid
-from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, field
+from collections.abc import Iterable
+from dataclasses import dataclass, field, replace
 
 
 @dataclass(frozen=True)
@@ -163,8 +163,6 @@ class GroupGraph:
 
 
 def with_groups(entry: DirectoryEntry, graph: GroupGraph, disabled: bool | None = None) -> DirectoryEntry:
-    from dataclasses import replace
-
     return replace(entry, groups=graph.group_names(entry.dn, entry.member_of),
                    disabled=entry.disabled if disabled is None else disabled)
 
@@ -177,7 +175,3 @@ def changed_after(stamp: str, threshold: str) -> bool:
     if stamp.isdigit() and threshold.isdigit():
         return int(stamp) >= int(threshold)
     return stamp[:14] >= threshold[:14]
-
-
-def by_id(entries: Iterable[DirectoryEntry]) -> Mapping[str, DirectoryEntry]:
-    return {entry.id: entry for entry in entries}

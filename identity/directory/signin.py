@@ -50,14 +50,19 @@ class PasswordCheck:
 
 
 def check_password(session: Session, passwords: Passwords, directories: Mapping[str, LdapDirectory],
-                   username: str, password: str) -> PasswordCheck:
+                   username: str, password: str, *, refresh_account: bool = True) -> PasswordCheck:
     """Check a username and password against the local accounts or the right directory
     (see the module's docstring). Raises DirectoryUnavailable, naming the directory, when
     the one that must answer cannot: the page should say the directory is unavailable (not
-    that the password is wrong) and the audit log record it."""
+    that the password is wrong) and the audit log record it.
+
+    `refresh_account=False` while the throttle refuses (as `accounts.authenticate`'s
+    `rehash`): the password is checked, but no account is created, updated or rehashed, so
+    the answer's timing does not tell a guesser the password was right. A directory account
+    not yet known here then gets no user (reason directory.not_provisioned)."""
     known = find_user(session, username) if username else None
     if (known is None and not directories) or (known is not None and known.source == "local"):
-        user = authenticate(session, passwords, username, password)
+        user = authenticate(session, passwords, username, password, rehash=refresh_account)
         return PasswordCheck(user, "credentials.valid" if user else "credentials.invalid", "local")
     if known is not None and known.source not in directories:
         # Its directory is no longer configured: nothing can check this password.
@@ -84,7 +89,12 @@ def check_password(session: Session, passwords: Passwords, directories: Mapping[
             if error.reason == "directory.unknown_user":
                 continue
             return refuse(error.reason, directory.name)
-        user = provision(session, directory, entry)
+        if not refresh_account:
+            user = session.scalar(select(User).where(User.sub == entry.id, User.source == directory.name))
+            if user is None:
+                return refuse("directory.not_provisioned", directory.name)
+        else:
+            user = provision(session, directory, entry)
         if user is None:
             return refuse("directory.account_conflict", directory.name)
         if user.disabled:

@@ -149,3 +149,25 @@ def test_disabled_in_the_directory_disables_the_account_here_at_once(slapd, dire
     with services.database.session() as session:
         user = session.scalar(select(User).where(User.username == ACTIVE))
         assert user is not None and user.disabled and user.disabled_reason == "directory.disabled"
+
+
+def test_while_throttled_the_account_is_neither_created_nor_updated(slapd, directory_instance) -> None:  # type: ignore[no-untyped-def]
+    """As local accounts are not rehashed while the throttle refuses: no write tells a
+    guesser that the password was right."""
+    instance = directory_instance(slapd, mode="bind")
+    services = instance.services
+    with services.database.session() as session:
+        held_back = check_password(session, services.passwords, services.directories, ACTIVE, SAMPLE_PASSWORD,
+                                   refresh_account=False)
+        assert held_back.user is None and held_back.reason == "directory.not_provisioned"
+        assert session.scalar(select(User).where(User.username == ACTIVE)) is None
+        assert check_password(session, services.passwords, services.directories, ACTIVE, SAMPLE_PASSWORD)
+    with slapd.admin() as admin:
+        admin.modify(f"uid={ACTIVE},ou=people,dc=vinhphuc,dc=gov,dc=vn",
+                     {"displayName": [("MODIFY_REPLACE", ["Lê Thanh Hoa (Sở Nội vụ)"])]})
+    with services.database.session() as session:
+        known = check_password(session, services.passwords, services.directories, ACTIVE, SAMPLE_PASSWORD,
+                               refresh_account=False)
+        assert known.user is not None and known.user.name == "Lê Thanh Hoa"  # not refreshed
+        assert check_password(session, services.passwords, services.directories, ACTIVE,
+                              SAMPLE_PASSWORD).user.name == "Lê Thanh Hoa (Sở Nội vụ)"
