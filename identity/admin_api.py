@@ -203,12 +203,12 @@ def add_client() -> tuple[Response, int]:
         grant_types=_strings(data, "grant_types"), public=_flag(data, "public", False),
         auth_method=_string(data, "token_endpoint_auth_method", None),
         scope=_string(data, "scope", None), jwks=data.get("jwks"),
-        first_party=_flag(data, "first_party", True),
+        first_party=_flag(data, "first_party", True), allowed_groups=_strings(data, "allowed_groups"),
     )
     body = describe_client(registered.client)
     _audit_admin("client.created", registered.client.client_id, **{
         k: body.get(k) for k in ("client_name", "redirect_uris", "grant_types",
-                                 "token_endpoint_auth_method", "scope")})
+                                 "token_endpoint_auth_method", "scope", "allowed_groups")})
     if registered.client_secret:
         body["client_secret"] = registered.client_secret
     return jsonify(body), 201

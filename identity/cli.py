@@ -400,11 +400,14 @@ def client() -> None:
               help="The client's public keys, for private_key_jwt.")
 @click.option("--scope", default=None)
 @click.option("--third-party", is_flag=True, help="Show the consent screen to users.")
+@click.option("--allowed-group", "allowed_groups", multiple=True,
+              help="Only members of this group may sign in to it (repeat for several; none: everyone).")
 @json_option
 @pass_context
 def client_add(obj: Context, name: str, redirect_uris: tuple[str, ...], post_logout: tuple[str, ...],
                grant_types: tuple[str, ...], public: bool, auth_method: str | None,
-               jwks_file: str | None, scope: str | None, third_party: bool, as_json: bool) -> None:
+               jwks_file: str | None, scope: str | None, third_party: bool, allowed_groups: tuple[str, ...],
+               as_json: bool) -> None:
     """Register a client; prints client_id and, this once, client_secret."""
     from identity.clients import ClientRegistrationError, describe_client, register_client
 
@@ -420,13 +423,13 @@ def client_add(obj: Context, name: str, redirect_uris: tuple[str, ...], post_log
                 session, obj.services.secret_hasher, name=name, redirect_uris=list(redirect_uris),
                 post_logout_redirect_uris=list(post_logout), grant_types=list(grant_types),
                 public=public, auth_method=auth_method, scope=scope, jwks=jwks,
-                first_party=not third_party)
+                first_party=not third_party, allowed_groups=list(allowed_groups))
             data = describe_client(registered.client)
     except ClientRegistrationError as error:
         raise click.ClickException(str(error)) from None
     obj.record("client.created", data["client_id"], **{
         k: data.get(k) for k in ("client_name", "redirect_uris", "grant_types",
-                                 "token_endpoint_auth_method", "scope")})
+                                 "token_endpoint_auth_method", "scope", "allowed_groups")})
     if registered.client_secret:
         data["client_secret"] = registered.client_secret
     emit(data, as_json)

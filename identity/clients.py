@@ -131,7 +131,8 @@ def register_client(session: Session, hasher: SecretHasher, *, name: str,
                     grant_types: list[str] = (), public: bool = False,
                     auth_method: str | None = None, scope: str | None = None,
                     jwks: dict | None = None, first_party: bool = True,
-                    require_pkce: bool = True, client_id: str | None = None) -> RegisteredClient:
+                    require_pkce: bool = True, client_id: str | None = None,
+                    allowed_groups: list[str] = ()) -> RegisteredClient:
     name = (name or "").strip()
     if not name:
         raise ClientRegistrationError("client_name", "is required")
@@ -163,6 +164,7 @@ def register_client(session: Session, hasher: SecretHasher, *, name: str,
         if item not in SUPPORTED_SCOPES:
             raise ClientRegistrationError("scope", f"{item!r} is not a supported scope")
 
+    allowed_groups = sorted({group.strip() for group in allowed_groups if group and group.strip()})
     secret = None if auth_method in ("none", "private_key_jwt") else new_token(32)
     now = int(time.time())
     client = Client(
@@ -172,6 +174,7 @@ def register_client(session: Session, hasher: SecretHasher, *, name: str,
         post_logout_redirect_uris=post_logout, grant_types=grant_types,
         scope=list_to_scope(requested), require_pkce=True if public else require_pkce,
         first_party=first_party, jwks=jwks, created_at=now, secret_rotated_at=None,
+        allowed_groups=allowed_groups,
     )
     session.add(client)
     session.flush()
@@ -199,6 +202,7 @@ def describe_client(client: Client) -> dict:
         "scope": client.scope,
         "require_pkce": client.require_pkce,
         "first_party": client.first_party,
+        "allowed_groups": list(client.allowed_groups or []),
         "public": client.token_endpoint_auth_method == "none",
         "created_at": client.created_at,
     }

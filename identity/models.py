@@ -142,6 +142,8 @@ class Client(Base):
     jwks: Mapped[dict[str, Any] | None] = mapped_column(JSON)
     created_at: Mapped[int]
     secret_rotated_at: Mapped[int | None]
+    # Groups whose members may sign in to it (policies.access); empty: every official.
+    allowed_groups: Mapped[list[str]] = mapped_column(default=list)
 
     def __repr__(self) -> str:
         return f"Client(client_id={self.client_id!r}, name={self.name!r})"

@@ -372,6 +372,9 @@ def jsonl_line(record: dict[str, Any]) -> str:
     return text + "\n"
 
 
+CSV_BOM = "\ufeff"
+
+
 def csv_cell(value: Any) -> str:
     """A value as spreadsheet-safe text: never a formula, never a raw control character."""
     if value is None:
@@ -409,6 +412,8 @@ def export(database: Database, query: AuditQuery, fmt: ExportFormat) -> Iterator
         writer.writerow(cells)
         return buffer.getvalue()
 
-    yield line(list(COLUMNS))
+    # A UTF-8 byte-order mark first: Excel, which security staff open CSV files with,
+    # otherwise reads the file as the local code page and garbles Vietnamese names.
+    yield CSV_BOM + line(list(COLUMNS))
     for record in records:
         yield line([csv_cell(record[name]) for name in COLUMNS])

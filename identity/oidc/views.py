@@ -33,7 +33,9 @@ from flask_babel import gettext as _
 from identity import sso
 from identity.login import enrolment_grace_left, mfa_required, resume_url, start_challenge
 from identity.oidc.server import EndUser
+from identity.roles import group_names
 from identity.services import audit_event, db, services
+from policies.access import client_access
 
 bp = Blueprint("oidc", __name__)
 
@@ -212,6 +214,16 @@ def authorize() -> Response:
         return redirect(url_for("login.login_form", i=interaction_id), 302)
 
     assert active is not None and end_user is not None
+    access = client_access(user_groups=group_names(active.user),
+                           allowed_groups=client.row.allowed_groups or ())
+    if not access:
+        # A translated page naming the reason, not a redirect: the official should know
+        # to ask for access, and the application learns nothing about them.
+        audit_event("access.denied", "failure", actor_sub=active.user.sub,
+                    actor_username=active.user.username, client_id=client.client_id, reason=access.reason)
+        return error_page(_("No access to this application"),
+                          _("Your account is not in a group allowed to use %(app)s. Ask the unit that "
+                            "runs it to grant access.", app=client.row.name), status=403)
     step = second_factor_step(active, client.client_id, prompts, redirect_uri)
     if step is not None:
         return step

@@ -136,7 +136,7 @@ def test_export_jsonl_and_csv(instance, auditor) -> None:  # type: ignore[no-unt
     assert [r["seq"] for r in records] == sorted(r["seq"] for r in records)
     exported = auditor.get("/audit/export?format=csv&user=kiemtoan")
     assert exported.status_code == 200 and "attachment" in exported.headers["Content-Disposition"]
-    rows = list(csv.reader(io.StringIO(exported.get_data(as_text=True))))
+    rows = list(csv.reader(io.StringIO(exported.get_data(as_text=True).removeprefix("\ufeff"))))
     assert rows[0][0] == "seq" and len(rows) - 1 >= len(records)
     exports = [r for r in instance.services.audit.recent(5) if r["event"] == "audit.export"]
     assert {r["details"]["format"] for r in exports} == {"jsonl", "csv"}

@@ -292,14 +292,15 @@ def test_jsonl_export_round_trips_to_the_stored_records(database: Database, stor
 
 def test_csv_export_has_a_header_and_every_record(database: Database, stored: list[Record]) -> None:
     content = exported(database, AuditQuery(), "csv")
-    rows = list(csv.reader(io.StringIO(content, newline="")))
+    assert content.startswith("\ufeff")  # for Excel: the file is UTF-8
+    rows = list(csv.reader(io.StringIO(content.removeprefix("\ufeff"), newline="")))
     assert rows[0] == list(COLUMNS)
     assert [int(row[0]) for row in rows[1:]] == [r["seq"] for r in stored]
     first = dict(zip(rows[0], rows[1], strict=True))
     assert first["event"] == stored[0]["event"] and first["hash"] == stored[0]["hash"]
     assert json.loads(first["details"]) == stored[0]["details"]
     assert first["actor_sub"] == ""  # None is an empty cell
-    assert exported(database, AuditQuery(user="nobody"), "csv") == ",".join(COLUMNS) + "\r\n"
+    assert exported(database, AuditQuery(user="nobody"), "csv") == "\ufeff" + ",".join(COLUMNS) + "\r\n"
 
 
 def test_csv_cells_never_start_a_formula(database: Database, log: AuditLog) -> None:
@@ -333,7 +334,7 @@ def test_newlines_and_control_characters_stay_encoded_in_both_formats(
     assert first["actor_username"] == "ai\\x0a2026-11-26 admin ok\\x0d\\x1b[31m"
     assert first == stored[0] and second["reason"] == "forged\nline"
 
-    content = exported(database, AuditQuery(), "csv")
+    content = exported(database, AuditQuery(), "csv").removeprefix("\ufeff")
     physical = content.split("\r\n")
     assert physical[-1] == "" and len(physical) == 1 + 2 + 1  # header, two records, end
     assert "\n" not in content.replace("\r\n", "") and "\x1b" not in content and "\x85" not in content
