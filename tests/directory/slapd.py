@@ -36,7 +36,9 @@ BASE_DN = "dc=vinhphuc,dc=gov,dc=vn"
 PEOPLE = f"ou=people,{BASE_DN}"
 ADMIN_DN = f"cn=admin,{BASE_DN}"
 SERVICE_DN = f"cn=congvu,ou=services,{BASE_DN}"
-SAMPLE = Path(__file__).resolve().parents[3] / "shared" / "data" / "officials-500.ldif"
+# The workplace's sample directory (../shared/data/officials-500.ldif), kept here so that a
+# fresh clone anywhere has it; its passwords are {SSHA} hashes of `Matkhau@2026!`.
+SAMPLE = Path(__file__).resolve().parent / "data" / "officials-500.ldif"
 SAMPLE_PASSWORD = "Matkhau@2026!"  # every official's in the sample (its README says so)
 SCHEMAS = ("core", "cosine", "inetorgperson", "nis")
 
