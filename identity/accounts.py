@@ -5,6 +5,7 @@ from __future__ import annotations
 import time
 import unicodedata
 import uuid
+from typing import Any
 
 from sqlalchemy import delete, func, select
 from sqlalchemy.orm import Session
@@ -108,15 +109,20 @@ def password_history(session: Session, user: User) -> list[str]:
     return ([user.password_hash] if user.password_hash else []) + list(earlier)
 
 
+_LOOK_UP: Any = object()
+
+
 def authenticate(session: Session, passwords: Passwords, username: str, password: str, *,
-                 rehash: bool = True) -> User | None:
+                 rehash: bool = True, user: User | None = _LOOK_UP) -> User | None:
     """The user if the password is right and the account enabled, else None.
 
     Unknown users, wrong passwords and disabled accounts all cost one Argon2id
     verification and give the same None, so neither the answer nor its timing tells
-    which one it was.
+    which one it was. `user`: what `find_user(session, username)` returned, when the
+    caller looked it up already (None: no such account); saves the query.
     """
-    user = find_user(session, username) if username else None
+    if user is _LOOK_UP:
+        user = find_user(session, username) if username else None
     # As typed: verify() applies NFKC, and tries the other Unicode forms on imported hashes.
     ok = passwords.verify(user.password_hash if user else None, password)
     if not ok or user is None or user.disabled:

@@ -153,7 +153,8 @@ class SecondFactors:
             .where(TotpCredential.user_id == user.id, TotpCredential.last_step < step)
             .values(**values).execution_options(synchronize_session=False)).rowcount == 1
         if won:
-            session.refresh(credential)
+            # Read again when next used (not now: the sign-in does not need it).
+            session.expire(credential)
         return won
 
     def remove_totp(self, session: Session, user: User) -> bool:

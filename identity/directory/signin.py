@@ -62,7 +62,7 @@ def check_password(session: Session, passwords: Passwords, directories: Mapping[
     not yet known here then gets no user (reason directory.not_provisioned)."""
     known = find_user(session, username) if username else None
     if (known is None and not directories) or (known is not None and known.source == "local"):
-        user = authenticate(session, passwords, username, password, rehash=refresh_account)
+        user = authenticate(session, passwords, username, password, rehash=refresh_account, user=known)
         return PasswordCheck(user, "credentials.valid" if user else "credentials.invalid", "local")
     if known is not None and known.source not in directories:
         # Its directory is no longer configured: nothing can check this password.
