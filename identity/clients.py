@@ -126,6 +126,15 @@ class RegisteredClient:
     client_secret: str | None  # shown once, never stored
 
 
+def new_client_id() -> str:
+    """128 random bits, starting with a letter or digit: an id that begins with "-" would
+    be read as an option by `congvu client show ID` and by most command lines."""
+    while True:
+        value = new_token(16)
+        if value[0].isalnum():
+            return value
+
+
 def register_client(session: Session, hasher: SecretHasher, *, name: str,
                     redirect_uris: list[str] = (), post_logout_redirect_uris: list[str] = (),
                     grant_types: list[str] = (), public: bool = False,
@@ -168,7 +177,7 @@ def register_client(session: Session, hasher: SecretHasher, *, name: str,
     secret = None if auth_method in ("none", "private_key_jwt") else new_token(32)
     now = int(time.time())
     client = Client(
-        client_id=client_id or new_token(16), name=name,
+        client_id=client_id or new_client_id(), name=name,
         secret_hash=hasher.hash(secret) if secret else None,
         token_endpoint_auth_method=auth_method, redirect_uris=redirect_uris,
         post_logout_redirect_uris=post_logout, grant_types=grant_types,

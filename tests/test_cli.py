@@ -373,3 +373,11 @@ def test_unreachable_database(tmp_path: Path) -> None:
                       CONGVU_DATABASE_URL="postgresql+psycopg://congvu:pw-s3cret@127.0.0.1:1/congvu")
     failed_cleanly(result, "database")
     assert "pw-s3cret" not in result.output
+
+
+def test_generated_client_ids_never_look_like_options() -> None:
+    """A client id starting with "-" was once taken for an option by `client rotate-secret`."""
+    from identity.clients import new_client_id
+
+    ids = [new_client_id() for _ in range(2000)]  # ~1 in 32 raw tokens starts with - or _
+    assert all(value[0].isalnum() for value in ids) and len(set(ids)) == len(ids)
