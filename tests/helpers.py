@@ -123,3 +123,11 @@ def load_vectors(name: str) -> list[dict[str, Any]]:
     """Test vectors kept as data (tests/vectors/NAME.json, each file saying how it was made)."""
     with (VECTORS / f"{name}.json").open(encoding="utf-8") as handle:
         return json.load(handle)["vectors"]
+
+
+def post_login(http: Any, username: str, password: str = PASSWORD, page_url: str = "/login") -> Any:
+    """Fill the sign-in form as a browser would (its CSRF token and interaction id) and
+    post it; returns the answer (a 303)."""
+    page = http.get(page_url).get_data(as_text=True)
+    return http.post("/login", data={"csrf_token": csrf_token(page), "username": username,
+                                     "password": password, "i": hidden_field(page, "i")})

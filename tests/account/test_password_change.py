@@ -8,15 +8,9 @@ from typing import Any
 from sqlalchemy import select, update
 
 from identity.models import SsoSession, User
-from tests.helpers import PASSWORD, csrf_token, hidden_field
+from tests.helpers import PASSWORD, csrf_token, post_login
 
 NEW_PASSWORD = "ba con mèo đen chạy qua cầu tre"  # noqa: S105 - test data
-
-
-def post_login(http: Any, username: str, password: str = PASSWORD) -> Any:
-    page = http.get("/login").get_data(as_text=True)
-    return http.post("/login", data={"csrf_token": csrf_token(page), "username": username,
-                                     "password": password, "i": hidden_field(page, "i")})
 
 
 def change(http: Any, current: str, new: str, confirm: str | None = None) -> Any:

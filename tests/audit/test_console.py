@@ -12,13 +12,7 @@ from typing import Any
 import pyotp
 import pytest
 
-from tests.helpers import PASSWORD, csrf_token, hidden_field
-
-
-def post_login(http: Any, username: str, password: str = PASSWORD) -> Any:
-    page = http.get("/login").get_data(as_text=True)
-    return http.post("/login", data={"csrf_token": csrf_token(page), "username": username,
-                                     "password": password, "i": hidden_field(page, "i")})
+from tests.helpers import csrf_token, post_login
 
 
 def enrol_totp(http: Any) -> str:

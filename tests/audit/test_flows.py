@@ -2,15 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any
-
-from tests.helpers import PASSWORD, csrf_token, hidden_field
-
-
-def post_login(http: Any, username: str, password: str) -> Any:
-    page = http.get("/login").get_data(as_text=True)
-    return http.post("/login", data={"csrf_token": csrf_token(page), "username": username,
-                                     "password": password, "i": hidden_field(page, "i")})
+from tests.helpers import PASSWORD, csrf_token, hidden_field, post_login
 
 
 def test_sign_in_failure_then_success_then_sign_out_are_recorded(instance) -> None:  # type: ignore[no-untyped-def]

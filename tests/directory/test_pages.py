@@ -11,16 +11,10 @@ from identity.directory.errors import InvalidCredentials
 from identity.models import User
 from tests.directory.conftest import DIRECTORY
 from tests.directory.slapd import SAMPLE_PASSWORD
-from tests.helpers import PASSWORD, csrf_token, hidden_field
+from tests.helpers import PASSWORD, csrf_token, post_login
 
 ACTIVE = "hoalt"  # active in the sample directory
 NEW_PASSWORD = "đồi chè xanh bên sông Lô 2026"  # noqa: S105 - test data
-
-
-def post_login(http: Any, username: str, password: str) -> Any:
-    page = http.get("/login").get_data(as_text=True)
-    return http.post("/login", data={"csrf_token": csrf_token(page), "username": username,
-                                     "password": password, "i": hidden_field(page, "i")})
 
 
 def flashed(http: Any, response: Any) -> str:

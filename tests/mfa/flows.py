@@ -15,7 +15,7 @@ from sqlalchemy import select
 
 from identity.mfa import SEAL_CONTEXT, TOTP_PERIOD
 from identity.models import LoginChallenge, SsoSession, TotpCredential, User
-from tests.helpers import PASSWORD, csrf_token, hidden_field, pkce_pair, query_of
+from tests.helpers import csrf_token, hidden_field, pkce_pair, post_login, query_of
 
 REDIRECT_URI = "https://rp.example/cb"
 ACR_1 = "urn:congvu:acr:1"
@@ -103,12 +103,6 @@ def age_sign_in(instance: Any, username: str, seconds: int) -> None:
 
 
 # -- the pages -----------------------------------------------------------------------------
-def post_login(http: Any, username: str, password: str = PASSWORD, page_url: str = "/login") -> Any:
-    page = http.get(page_url).get_data(as_text=True)
-    return http.post("/login", data={"csrf_token": csrf_token(page), "username": username,
-                                     "password": password, "i": hidden_field(page, "i")})
-
-
 def post_code(http: Any, page_url: str, code: str) -> Any:
     """Fill the second-factor page reached at `page_url` (/login/mfa?i=...)."""
     page = http.get(page_url)
