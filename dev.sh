@@ -24,7 +24,8 @@ setup_python() {
 # Debian packages the tests use; installed only where missing (CI runs as root).
 # chromium: the browser tests (Playwright drives Debian's build; it downloads none).
 # slapd, ldap-utils: a throwaway OpenLDAP server for the directory tests (tests/directory).
-DEBIAN_PACKAGES=(chromium slapd ldap-utils)  # later: swaks (mail)
+# swaks: a real SMTP client for the mail gateway tests; opendkim-tools: opendkim-testmsg verifies DKIM.
+DEBIAN_PACKAGES=(chromium slapd ldap-utils swaks opendkim-tools)
 setup_debian() {
     local missing=()
     for package in "${DEBIAN_PACKAGES[@]}"; do

@@ -146,6 +146,10 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("roles.admin_group", str, "admins",
             "Members of this group (and accounts flagged admin) hold the administrator role; "
             "they always sign in with MFA."),
+    # --- single logout (identity/oidc/logout.py) ---
+    # --- mail gateway: listeners, TLS, SASL (mailgw/server.py, mailgw/auth.py) ---
+    # --- mail gateway: queue and delivery (mailgw/queue.py, mailgw/delivery.py) ---
+    # --- mail gateway: DKIM and S/MIME (mailgw/dkim.py, mailgw/smime.py) ---
 )
 
 _BY_KEY = {s.key: s for s in SETTINGS}

@@ -449,3 +449,18 @@ class AuditForwardCursor(Base):
     record_seq: Mapped[int]
     checkpoint_seq: Mapped[int]
     updated_at: Mapped[str] = mapped_column(String(32))  # RFC 3339 UTC, like the audit tables
+
+
+# --- Single logout (migration 0010, identity/oidc/logout.py) ---
+
+
+# --- Mail gateway: app passwords (migration 0012, mailgw/auth.py) ---
+
+
+# --- Mail gateway: queue (migration 0013, mailgw/queue.py) ---
+
+
+# --- Mail gateway: policy state and quarantine (migration 0014, mailgw/policy.py) ---
+
+
+# --- Mail gateway: DKIM keys (migration 0015, keys/dkim.py) ---
