@@ -25,7 +25,11 @@ setup_python() {
 # chromium: the browser tests (Playwright drives Debian's build; it downloads none).
 # slapd, ldap-utils: a throwaway OpenLDAP server for the directory tests (tests/directory).
 # swaks: a real SMTP client for the mail gateway tests; opendkim-tools: opendkim-testmsg verifies DKIM.
-DEBIAN_PACKAGES=(chromium slapd ldap-utils swaks opendkim-tools)
+# opendkim: OpenDKIM's library verifies our DKIM signatures offline (`opendkim -t` with TestDNSData;
+#   opendkim-testmsg needs live DNS), and bench/run_mail.py runs it as Postfix's milter.
+# postfix: smtp-source, smtp-sink and a throwaway Postfix for bench/run_mail.py (the system
+#   service is not started: nothing in a container starts it; `postfix -c DIR` runs our own).
+DEBIAN_PACKAGES=(chromium slapd ldap-utils swaks opendkim-tools opendkim postfix)
 setup_debian() {
     local missing=()
     for package in "${DEBIAN_PACKAGES[@]}"; do

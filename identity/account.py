@@ -20,7 +20,7 @@ from sqlalchemy import select
 from wtforms import PasswordField, StringField
 from wtforms.validators import DataRequired, Length
 
-from identity import sso
+from identity import consents, sso
 from identity.accounts import password_history, set_password
 from identity.directory.errors import DirectoryUnavailable, PasswordChangeRefused
 from identity.directory.signin import change_directory_password, is_directory_user
@@ -89,7 +89,8 @@ def overview(active: sso.ActiveSession) -> Response:
     return Response(render_template(
         "account.html", active=active, totp=mfa.has_confirmed_totp(db(), active.user),
         passkeys=services().passkeys.credentials(db(), active.user),
-        recovery_left=mfa.recovery_codes_left(db(), active.user), sessions=sessions),
+        recovery_left=mfa.recovery_codes_left(db(), active.user), sessions=sessions,
+        consents=consents.list_for(db(), active.user), app_passwords=account_mail.app_passwords(active)),
         headers={"Cache-Control": "no-store"})
 
 
@@ -314,8 +315,34 @@ def end_session(active: sso.ActiveSession, sid: str) -> Response:
     sso.end_session_and_grants(db(), row, reason="revoked_by_user")
     _audit(active, "session.revoked", sid=row.sid, reason_code="session.revoked_by_user")
     if row.sid == active.row.sid:
-        response = redirect(url_for("login.home"), 303)
+        # Signing this browser out: its applications' front-channel logout frames first.
+        from identity.oidc.logout import frontchannel_logout_urls
+        from identity.oidc.views import signed_out_with_frames
+
+        frames = frontchannel_logout_urls(db(), row.sid, services().config.issuer)
+        response = (signed_out_with_frames(frames, next_url=url_for("login.home")) if frames
+                    else redirect(url_for("login.home"), 303))
         sso.clear_cookie(response)
         return response
     flash(_("The session was ended."), "info")
     return redirect(url_for("account.overview"), 303)
+
+
+@bp.post("/account/consents/<client_id>/revoke")
+@signed_in
+def revoke_consent(active: sso.ActiveSession, client_id: str) -> Response:
+    """Withdraw a third-party application's access: its grants (and tokens) end now, and
+    the next sign-in there shows the consent screen again. Only the official's own
+    consents are found here; any other client id is "not found"."""
+    ended = consents.revoke(db(), active.user, client_id[:128])
+    if ended is None:
+        abort(404)
+    audit_event("consent.revoked", "success", only_if_committed=True, actor_sub=active.user.sub,
+                actor_username=active.user.username, target=active.user.username, client_id=client_id[:128],
+                reason="consent.revoked_by_user", details={"grants_ended": len(ended)})
+    flash(_("The application's access was withdrawn. It will ask for your permission again."), "info")
+    return redirect(url_for("account.overview"), 303)
+
+
+# The app passwords for mail programs: their routes, on this blueprint.
+from identity import account_mail  # noqa: E402 - needs `bp` and the helpers above

@@ -164,18 +164,21 @@ def describe_user(user: User) -> dict:
     }
 
 
-def set_disabled(session: Session, user: User, disabled: bool) -> None:
-    """Disable or enable; disabling ends the user's sessions and grants at once."""
-    from identity.models import Grant, SsoSession
+def set_disabled(session: Session, user: User, disabled: bool) -> list[str]:
+    """Disable or enable; disabling ends the user's sessions and grants at once, and tells
+    their applications (back-channel logout, through identity.sso.end_session_and_grants).
+    Returns the sids of the sessions ended."""
+    from identity.models import Grant
     from identity.oidc.tokens import revoke_grant
+    from identity.sso import end_user_sessions
 
     user.disabled = disabled
     user.updated_at = int(time.time())
-    if disabled:
-        now = int(time.time())
-        for row in session.scalars(select(SsoSession).where(SsoSession.user_id == user.id,
-                                                            SsoSession.ended_at.is_(None))):
-            row.ended_at = now
-        for grant in session.scalars(select(Grant).where(Grant.user_id == user.id,
-                                                         Grant.revoked_at.is_(None))):
-            revoke_grant(session, grant.id, "user_disabled")
+    if not disabled:
+        return []
+    ended = end_user_sessions(session, user, reason="user_disabled")
+    # Grants outside any open session (refresh tokens that outlived theirs) end too.
+    for grant in session.scalars(select(Grant).where(Grant.user_id == user.id,
+                                                     Grant.revoked_at.is_(None))):
+        revoke_grant(session, grant.id, "user_disabled")
+    return ended

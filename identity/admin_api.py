@@ -17,6 +17,7 @@ from flask import Blueprint, Response, abort, g, jsonify, request
 from sqlalchemy import select
 from sqlalchemy.orm import selectinload
 
+from identity import session_admin
 from identity.accounts import (
     AccountError,
     create_user,
@@ -25,6 +26,8 @@ from identity.accounts import (
     get_groups,
     set_disabled,
 )
+from identity.client_settings import SETTINGS as CLIENT_SETTINGS
+from identity.client_settings import apply_client_settings
 from identity.clients import (
     ClientRegistrationError,
     describe_client,
@@ -57,6 +60,11 @@ def admin_required(view: Callable[..., Any]) -> Callable[..., Any]:
         row = db().scalar(select(AdminToken).where(AdminToken.token_hash == token_hash(value.strip()),
                                                    AdminToken.revoked_at.is_(None)))
         if row is None:
+            if services().tokens.decode_access_token(value.strip()) is not None:
+                # A valid token of ours, but an official's or an application's, not an
+                # admin token: known, and not allowed here (RFC 6750 §3.1).
+                audit_event("admin.auth", "failure", reason="admin_token.not_admin")
+                return _problem(403, "insufficient_scope", "This token is not an admin token.")
             audit_event("admin.auth", "failure", reason="admin_token.invalid")
             return _problem(401, "invalid_token", "The admin token is not valid.")
         g.admin_actor = f"admin-token:{row.name}"
@@ -169,9 +177,12 @@ def change_user(username: str) -> Response:
             setattr(user, key, _string(data, key, None))
     if "groups" in data:
         user.groups = get_groups(db(), _strings(data, "groups"))
+    ended: list[str] = []
     if "disabled" in data:
-        set_disabled(db(), user, _flag(data, "disabled", False))
-    _audit_admin("admin.user.changed", user.username, sub=user.sub, fields=sorted(data))
+        # Disabling ends every session, and the applications are told (back-channel logout).
+        ended = set_disabled(db(), user, _flag(data, "disabled", False))
+    _audit_admin("admin.user.changed", user.username, sub=user.sub, fields=sorted(data),
+                 **({"sessions_ended": ended} if ended else {}))
     return jsonify(describe_user(user))
 
 
@@ -204,11 +215,19 @@ def add_client() -> tuple[Response, int]:
         auth_method=_string(data, "token_endpoint_auth_method", None),
         scope=_string(data, "scope", None), jwks=data.get("jwks"),
         first_party=_flag(data, "first_party", True), allowed_groups=_strings(data, "allowed_groups"),
+        settings={k: data[k] for k in CLIENT_SETTINGS if k in data and k not in ("allowed_groups",
+                                                                                   "first_party")},
+        # single logout (identity/oidc/logout.py)
+        backchannel_logout_uri=_string(data, "backchannel_logout_uri", None),
+        backchannel_logout_session_required=_flag(data, "backchannel_logout_session_required", True),
+        frontchannel_logout_uri=_string(data, "frontchannel_logout_uri", None),
+        frontchannel_logout_session_required=_flag(data, "frontchannel_logout_session_required", True),
     )
     body = describe_client(registered.client)
     _audit_admin("client.created", registered.client.client_id, **{
         k: body.get(k) for k in ("client_name", "redirect_uris", "grant_types",
-                                 "token_endpoint_auth_method", "scope", "allowed_groups")})
+                                 "token_endpoint_auth_method", "scope", "allowed_groups", "allowed_roles",
+                                 "required_acr")})
     if registered.client_secret:
         body["client_secret"] = registered.client_secret
     return jsonify(body), 201
@@ -225,6 +244,18 @@ def _client_or_404(client_id: str) -> Client:
 @admin_required
 def show_client(client_id: str) -> Response:
     return jsonify(describe_client(_client_or_404(client_id)))
+
+
+@bp.patch("/v1/clients/<client_id>")
+@admin_required
+def change_client(client_id: str) -> Response:
+    """Change a client's access policy and portal items (identity/client_settings.py)."""
+    client = _client_or_404(client_id)
+    changed = apply_client_settings(client, _body())
+    services().client_cache.invalidate(client_id)
+    body = describe_client(client)
+    _audit_admin("client.changed", client_id, **{name: body[name] for name in changed})
+    return jsonify(body)
 
 
 @bp.delete("/v1/clients/<client_id>")
@@ -245,3 +276,35 @@ def rotate_client_secret(client_id: str) -> Response:
     services().client_cache.invalidate(client_id)
     _audit_admin("client.secret_rotated", client_id)
     return jsonify(client_id=client.client_id, client_secret=secret)
+
+
+# -- sessions of a user (identity/session_admin.py) -----------------------------------------
+@bp.get("/v1/users/<username>/sessions")
+@admin_required
+def list_sessions(username: str) -> Response:
+    user = _user_or_404(username)
+    rows = session_admin.active_sessions(db(), user, services().config.session_policy)
+    return jsonify(username=user.username, sessions=session_admin.describe_sessions(db(), rows))
+
+
+def _end_sessions(username: str, sid: str | None) -> Response:
+    user = _user_or_404(username)
+    ended = session_admin.end_sessions(db(), user, reason="revoked_by_admin", sid=sid)
+    if ended is None:
+        abort(404, description="No such open session of this user.")
+    for ended_sid in ended:
+        audit_event("session.revoked", "success", only_if_committed=True, actor_username=g.admin_actor,
+                    target=user.username, reason="session.revoked_by_admin", details={"sid": ended_sid})
+    return jsonify(username=user.username, ended=ended)
+
+
+@bp.delete("/v1/users/<username>/sessions/<sid>")
+@admin_required
+def end_session(username: str, sid: str) -> Response:
+    return _end_sessions(username, sid)
+
+
+@bp.delete("/v1/users/<username>/sessions")
+@admin_required
+def end_all_sessions(username: str) -> Response:
+    return _end_sessions(username, None)

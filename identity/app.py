@@ -60,6 +60,7 @@ SCOPE_LABELS = {
     "phone": N_("Your phone number"),
     "offline_access": N_("Access while you are signed out"),
     "groups": N_("Your units and groups"),
+    "mail.send": N_("Send official mail in your name"),
 }
 
 
@@ -164,6 +165,23 @@ def record_policy_change(services: Services, actor: str = "startup") -> None:
                           details={"digest": digest, "values": canonical(policies).decode()})
 
 
+def start_logout_dispatcher(app: Flask, services: Services) -> None:
+    """Back-channel logout (identity/oidc/logout.py): this app's dispatcher, woken by every
+    commit that ends a session. Its background thread (retries, the timeout sweep) starts
+    with the first request of each worker process, so that it runs after gunicorn forks;
+    not under app.testing, where tests start it themselves."""
+    from identity.oidc.logout import LogoutDispatcher
+
+    dispatcher = app.extensions["congvu.logout"] = LogoutDispatcher(services).attach()
+    if not services.config["logout.background_worker"]:
+        return
+
+    @app.before_request
+    def _start_logout_thread() -> None:
+        if not app.testing:
+            dispatcher.start_background()
+
+
 def create_app(config: Config | None = None, *, prepare: bool = False, **overrides: Any) -> Flask:
     if config is None:  # otherwise whoever loaded the config has shown its warnings
         config = load_config(overrides=overrides or None)
@@ -184,6 +202,7 @@ def create_app(config: Config | None = None, *, prepare: bool = False, **overrid
 
     app = Flask("identity", instance_path=str(config.data_dir))
     app.extensions["congvu"] = services
+    start_logout_dispatcher(app, services)
     secure = config["secure_cookies"]
     app.config.update(
         SECRET_KEY=config.master_key.derive("flask-session"),
@@ -223,7 +242,15 @@ def create_app(config: Config | None = None, *, prepare: bool = False, **overrid
     app.register_blueprint(login_bp)
     app.register_blueprint(account_bp)
     app.register_blueprint(audit_console_bp)
+    from identity.audit.quarantine_console import bp as quarantine_console_bp
+
+    app.register_blueprint(quarantine_console_bp)  # /audit/quarantine: mail held by the policy
     app.register_blueprint(admin_bp)
+    from identity.audit.session_console import bp as session_console_bp
+    from identity.portal import bp as portal_bp
+
+    app.register_blueprint(portal_bp)
+    app.register_blueprint(session_console_bp)
     csrf.exempt(admin_bp)
     # Machine endpoints: called by relying parties with their own credentials, not by a
     # browser form of ours, so they carry no CSRF token.

@@ -27,6 +27,7 @@ class Context:
     def __init__(self, data_dir: str | None) -> None:
         self.data_dir = data_dir
         self._services = None
+        self._logout: Any = None
 
     @property
     def services(self):  # type: ignore[no-untyped-def]
@@ -40,6 +41,11 @@ class Context:
             for warning in config.warnings:
                 click.secho(f"warning: {warning}", fg="yellow", err=True)
             self._services = build_services(config)
+            from identity.oidc.logout import LogoutDispatcher
+
+            # A command that ends sessions (user disable, set-password, logout, directory
+            # sync) tells their applications as it commits; close() waits for those sends.
+            self._logout = LogoutDispatcher(self._services).attach()
         return self._services
 
     def record(self, event: str, target: str | None = None, **details: Any) -> None:
@@ -50,6 +56,12 @@ class Context:
 
     def close(self) -> None:
         """Release the database connections a command opened."""
+        if self._logout is not None:
+            # Back-channel logouts this command caused: sent before exiting, each bounded by
+            # its timeout; what fails is retried by the app processes (or `logout dispatch`).
+            self._logout.wait_idle(timeout=2 * self._logout.timeout + 5)
+            self._logout.stop()
+            self._logout = None
         if self._services is not None:
             self._services.database.dispose()
             for directory in self._services.directories.values():
@@ -197,6 +209,15 @@ def demo(obj: Context, port: int) -> None:
                 grant_types=["authorization_code", "refresh_token"]).client_secret
         else:
             secret = rotate_secret(session, services.secret_hasher, client)
+        # What the application portal (/portal) shows; kept if an administrator changed it.
+        from identity.client_settings import apply_client_settings
+
+        client = session.get(Client, "demo-rp")
+        if client is not None and not client.description:
+            apply_client_settings(client, {
+                "description": "Ứng dụng mẫu dùng đăng nhập một lần: xem thông tin tài khoản mà "
+                               "ứng dụng nhận được.",
+                "client_uri": f"{rp_base}/", "initiate_login_uri": f"{rp_base}/login"})
     issuer = services.config.issuer
     click.echo(f"""
 congvu demo — the identity provider on embedded defaults (SQLite, generated keys)
@@ -328,8 +349,10 @@ def user_disable(obj: Context, username: str, as_json: bool) -> None:
     """Disable an account: it can no longer sign in; its sessions and tokens end now."""
     from identity.accounts import set_disabled
 
-    described = _with_user(obj, username, lambda s, u: set_disabled(s, u, True))
-    obj.record("account.disabled", username, sub=described["sub"])
+    ended: list[str] = []
+    described = _with_user(obj, username, lambda s, u: ended.extend(set_disabled(s, u, True)))
+    obj.record("account.disabled", username, sub=described["sub"],
+               **({"sessions_ended": ended} if ended else {}))
     emit(described, as_json)
 
 
@@ -361,6 +384,58 @@ def user_unlock(obj: Context, username: str) -> None:
     click.echo(f"{found.username} unlocked" if was_locked else f"{found.username} was not locked")
 
 
+@user.command("sessions")
+@click.argument("username")
+@json_option
+@pass_context
+def user_sessions(obj: Context, username: str, as_json: bool) -> None:
+    """The user's open sessions: sid, times, address, browser, applications."""
+    from identity import session_admin
+
+    def describe(session, user):  # type: ignore[no-untyped-def]
+        rows = session_admin.active_sessions(session, user, obj.services.config.session_policy)
+        return session_admin.describe_sessions(session, rows)
+
+    rows = _in_user(obj, username, describe)
+    stamp = lambda epoch: time.strftime("%Y-%m-%d %H:%M", time.localtime(epoch))  # noqa: E731
+    emit(rows, as_json, "\n".join(
+        f"{r['sid']}  {stamp(r['created_at'])}  {stamp(r['last_seen_at'])}  {r['ip'] or '-':<15}  "
+        f"{', '.join(r['applications']) or '-'}  {r['user_agent'] or ''}" for r in rows)
+        or "(no open sessions)")
+
+
+@user.command("logout")
+@click.argument("username")
+@click.option("--sid", default=None, help="End only this session (default: all of them).")
+@json_option
+@pass_context
+def user_logout(obj: Context, username: str, sid: str | None, as_json: bool) -> None:
+    """End the user's sessions (or one), with every application's grants and tokens."""
+    from identity import session_admin
+
+    ended = _in_user(obj, username, lambda session, user: session_admin.end_sessions(
+        session, user, reason="revoked_by_admin", sid=sid))
+    if ended is None:
+        raise click.ClickException(f"{username} has no open session {sid!r}")
+    from identity.audit.log import AuditEntry
+
+    obj.services.audit.append_many([AuditEntry(
+        "session.revoked", "success", actor_username=f"cli:{_os_user()}", target=username,
+        reason="session.revoked_by_admin", details={"sid": ended_sid}) for ended_sid in ended])
+    emit({"username": username, "ended": ended}, as_json, f"{len(ended)} session(s) of {username} ended")
+
+
+def _in_user(obj: Context, username: str, action):  # type: ignore[no-untyped-def]
+    """Run `action(session, user)` in one transaction; its result (not the user) comes back."""
+    from identity.accounts import find_user
+
+    with obj.services.database.session() as session:
+        found = find_user(session, username)
+        if found is None:
+            raise click.ClickException(f"no user {username!r}")
+        return action(session, found)
+
+
 @user.command("set-password")
 @click.argument("username")
 @click.option("--password-stdin", is_flag=True, required=True,
@@ -368,16 +443,22 @@ def user_unlock(obj: Context, username: str) -> None:
 @pass_context
 def user_set_password(obj: Context, username: str, password_stdin: bool) -> None:
     from identity.accounts import set_password
+    from identity.sso import end_user_sessions
 
     password = read_password_stdin()
+    ended: list[str] = []
     def reset(session, user):  # type: ignore[no-untyped-def]
         set_password(user, obj.services.passwords, password, session=session,
                      keep_history=obj.services.config.password_policy.history_count)
+        # Whoever holds a session under the old password (why passwords get reset) is
+        # signed out, and their applications told.
+        ended.extend(end_user_sessions(session, user, reason="password_reset"))
         # A reset by an operator also lifts a lock, as NIST's hard cap intends.
         return obj.services.throttle.unlock(session, user.username)
 
     described = _with_user(obj, username, reset)
-    obj.record("password.reset", username, sub=described["sub"])
+    obj.record("password.reset", username, sub=described["sub"],
+               **({"sessions_ended": ended} if ended else {}))
     click.echo(f"password of {username} changed")
 
 
@@ -385,6 +466,40 @@ def user_set_password(obj: Context, username: str, password_stdin: bool) -> None
 @main.group()
 def client() -> None:
     """Relying parties (applications)."""
+
+
+def client_settings_options(command: Any) -> Any:
+    """Access policy and portal options, the same for `client add` and `client set`
+    (identity/client_settings.py validates them). Unset options change nothing."""
+    options = [
+        click.option("--allowed-role", "allowed_roles", multiple=True,
+                     type=click.Choice(["admin", "auditor"]),
+                     help="Holders of this role may sign in too (repeat for both)."),
+        click.option("--require-mfa/--no-require-mfa", "require_mfa", default=None,
+                     help="Every sign-in to it needs a second factor (acr urn:congvu:acr:2)."),
+        click.option("--description", default=None, help="Shown in the application portal."),
+        click.option("--logo-uri", default=None, help="https URL of the portal icon (\"\": none)."),
+        click.option("--client-uri", default=None, help="https home page of the application."),
+        click.option("--initiate-login-uri", default=None,
+                     help="https URL that starts a sign-in at the application (the portal's link)."),
+        click.option("--portal/--no-portal", "show_in_portal", default=None,
+                     help="List it in the application portal (default: yes)."),
+    ]
+    for option in reversed(options):
+        command = option(command)
+    return command
+
+
+def client_settings_changes(options: dict[str, Any]) -> dict[str, Any]:
+    """The client settings the options given on the command line change."""
+    changes = {name: options[name] for name in ("description", "logo_uri", "client_uri",
+                                                 "initiate_login_uri", "show_in_portal")
+               if options.get(name) is not None}
+    if options.get("allowed_roles"):
+        changes["allowed_roles"] = list(options["allowed_roles"])
+    if options.get("require_mfa") is not None:
+        changes["required_acr"] = "urn:congvu:acr:2" if options["require_mfa"] else None
+    return changes
 
 
 @client.command("add")
@@ -402,12 +517,21 @@ def client() -> None:
 @click.option("--third-party", is_flag=True, help="Show the consent screen to users.")
 @click.option("--allowed-group", "allowed_groups", multiple=True,
               help="Only members of this group may sign in to it (repeat for several; none: everyone).")
+@click.option("--backchannel-logout-uri", default=None,
+              help="Where logout tokens are POSTed when a session ends (Back-Channel Logout 1.0).")
+@click.option("--frontchannel-logout-uri", default=None,
+              help="Loaded in a hidden frame when the official signs out (Front-Channel Logout 1.0).")
+@click.option("--logout-session-required/--no-logout-session-required", "logout_session_required",
+              default=True, show_default=True,
+              help="The client needs `sid` (and `iss`) in logout tokens and frame URLs.")
+@client_settings_options
 @json_option
 @pass_context
 def client_add(obj: Context, name: str, redirect_uris: tuple[str, ...], post_logout: tuple[str, ...],
                grant_types: tuple[str, ...], public: bool, auth_method: str | None,
                jwks_file: str | None, scope: str | None, third_party: bool, allowed_groups: tuple[str, ...],
-               as_json: bool) -> None:
+               backchannel_logout_uri: str | None, frontchannel_logout_uri: str | None,
+               logout_session_required: bool, as_json: bool, **settings: Any) -> None:
     """Register a client; prints client_id and, this once, client_secret."""
     from identity.clients import ClientRegistrationError, describe_client, register_client
 
@@ -423,13 +547,19 @@ def client_add(obj: Context, name: str, redirect_uris: tuple[str, ...], post_log
                 session, obj.services.secret_hasher, name=name, redirect_uris=list(redirect_uris),
                 post_logout_redirect_uris=list(post_logout), grant_types=list(grant_types),
                 public=public, auth_method=auth_method, scope=scope, jwks=jwks,
-                first_party=not third_party, allowed_groups=list(allowed_groups))
+                first_party=not third_party, allowed_groups=list(allowed_groups),
+                settings=client_settings_changes(settings),
+                backchannel_logout_uri=backchannel_logout_uri,
+                backchannel_logout_session_required=logout_session_required,
+                frontchannel_logout_uri=frontchannel_logout_uri,
+                frontchannel_logout_session_required=logout_session_required)
             data = describe_client(registered.client)
     except ClientRegistrationError as error:
         raise click.ClickException(str(error)) from None
     obj.record("client.created", data["client_id"], **{
         k: data.get(k) for k in ("client_name", "redirect_uris", "grant_types",
-                                 "token_endpoint_auth_method", "scope", "allowed_groups")})
+                                 "token_endpoint_auth_method", "scope", "allowed_groups", "allowed_roles",
+                                 "required_acr")})
     if registered.client_secret:
         data["client_secret"] = registered.client_secret
     emit(data, as_json)
@@ -468,6 +598,43 @@ def client_show(obj: Context, client_id: str, as_json: bool) -> None:
     emit(_with_client(obj, client_id, lambda s, c: describe_client(c)), as_json)
 
 
+@client.command("set")
+@click.argument("client_id")
+@click.option("--allowed-group", "allowed_groups", multiple=True,
+              help="Replace the allowed groups (repeat for several).")
+@click.option("--open-to-all", is_flag=True, help="Remove every allowed group and role.")
+@click.option("--first-party/--third-party", "first_party", default=None,
+              help="Third-party clients show the consent screen (remembered until revoked).")
+@client_settings_options
+@json_option
+@pass_context
+def client_set(obj: Context, client_id: str, allowed_groups: tuple[str, ...], open_to_all: bool,
+               first_party: bool | None, as_json: bool, **settings: Any) -> None:
+    """Change a client's access policy and portal items."""
+    from identity.client_settings import apply_client_settings
+    from identity.clients import ClientRegistrationError, describe_client
+
+    changes = client_settings_changes(settings)
+    if allowed_groups:
+        changes["allowed_groups"] = list(allowed_groups)
+    if open_to_all:
+        changes.update(allowed_groups=[], allowed_roles=[])
+    if first_party is not None:
+        changes["first_party"] = first_party
+    if not changes:
+        raise click.ClickException("nothing to change (see --help)")
+    def change(_session, found):  # type: ignore[no-untyped-def]
+        names = apply_client_settings(found, changes)
+        return describe_client(found), names
+
+    try:
+        data, changed = _with_client(obj, client_id, change)
+    except ClientRegistrationError as error:
+        raise click.ClickException(str(error)) from None
+    obj.record("client.changed", client_id, **{name: data[name] for name in changed})
+    emit(data, as_json)
+
+
 @client.command("rotate-secret")
 @click.argument("client_id")
 @json_option
@@ -492,6 +659,48 @@ def client_remove(obj: Context, client_id: str) -> None:
     _with_client(obj, client_id, lambda s, c: s.delete(c))
     obj.record("client.removed", client_id)
     click.echo(f"client {client_id} removed")
+
+
+# -- single logout ------------------------------------------------------------------------
+@main.group()
+def logout() -> None:
+    """Back-channel logout notifications (identity/oidc/logout.py)."""
+
+
+@logout.command("dispatch")
+@click.option("--every", "every", type=click.IntRange(1, 86400), default=None, metavar="SECONDS",
+              help="Keep running (until SIGTERM or Ctrl-C), a pass every SECONDS: for deployments "
+                   "that turn the app processes' own thread off (logout.background_worker).")
+@json_option
+@pass_context
+def logout_dispatch(obj: Context, every: int | None, as_json: bool) -> None:
+    """End the sessions past their idle or absolute timeout, then send every back-channel
+    logout that is due (new ones and retries) and wait for the answers. Safe beside running
+    app processes and other dispatchers: each notification is claimed by one of them."""
+    import signal
+    import threading
+
+    from identity.oidc.logout import dispatch_now, pending_count
+
+    def one_pass() -> None:
+        services = obj.services  # builds this command's dispatcher, obj._logout
+        sent, delivered = dispatch_now(obj._logout, wait_seconds=2 * obj._logout.timeout + 5)
+        with services.database.session() as session:
+            left = pending_count(session)
+        emit({"sent": sent, "delivered": delivered, "pending": left}, as_json,
+             f"{sent} sent, {delivered} delivered, {left} pending (retried later)")
+
+    if every is None:
+        one_pass()
+        return
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    try:
+        while not stop.is_set():
+            one_pass()
+            stop.wait(every)
+    except KeyboardInterrupt:
+        pass
 
 
 # -- keys ---------------------------------------------------------------------------------
@@ -527,6 +736,112 @@ def keys_rotate(obj: Context, alg: str | None, as_json: bool) -> None:
     result["pruned"] = services.keyring.prune(max_token_lifetime=services.config.max_token_lifetime)
     obj.record("key.rotated", result.get("current"), **result)
     emit(result, as_json)
+
+
+# -- DKIM selectors (keys/dkim.py) ----------------------------------------------------------
+@main.group()
+def dkim() -> None:
+    """DKIM keys and selectors of the mail gateway's signing domains (dkim.domains)."""
+
+
+def _dkim_keys(obj: Context):  # type: ignore[no-untyped-def]
+    from identity.keystore import DatabaseDkimKeyStore
+    from keys.dkim import DkimKeys
+
+    services = obj.services
+    return DkimKeys(DatabaseDkimKeyStore(services.database), services.config.master_key,
+                    publish_grace=services.config["dkim.publish_grace_seconds"],
+                    retired_keep=services.config["dkim.retired_keep_seconds"])
+
+
+def _dkim_domain_option(command: Any) -> Any:
+    return click.option("--domain", "domains", multiple=True,
+                        help="Signing domain (repeatable). Default: every domain in dkim.domains.")(command)
+
+
+@dkim.command("list")
+@json_option
+@pass_context
+def dkim_list(obj: Context, as_json: bool) -> None:
+    """Every selector with its state (next, current, retired)."""
+    rows = [{"domain": r.domain, "selector": r.selector, "algorithm": r.algorithm, "state": r.state,
+             "created_at": r.created_at, "activated_at": r.activated_at, "retired_at": r.retired_at}
+            for r in _dkim_keys(obj).published()]
+    emit(rows, as_json, "\n".join(f"{r['domain']:<24} {r['state']:<8} {r['algorithm']:<15} {r['selector']}"
+                                  for r in rows) or "(no DKIM selectors: run `congvu dkim generate`)")
+
+
+@dkim.command("generate")
+@_dkim_domain_option
+@json_option
+@pass_context
+def dkim_generate(obj: Context, domains: tuple[str, ...], as_json: bool) -> None:
+    """Make the missing current and next selectors (RSA-2048 and Ed25519) per domain."""
+    from mailgw.signing import configured_domains, record_generated
+
+    config = obj.services.config
+    try:
+        made = _dkim_keys(obj).ensure_initialised(domains or configured_domains(config))
+    except ValueError as error:
+        raise click.ClickException(str(error)) from None
+    if made:
+        record_generated(obj.services.database, config, made, audit_log=obj.services.audit,
+                         actor=f"cli:{_os_user()}")
+    rows = [{"domain": r.domain, "selector": r.selector, "algorithm": r.algorithm, "state": r.state}
+            for r in made]
+    emit(rows, as_json, "\n".join(f"made {r['state']} {r['algorithm']} {r['selector']}._domainkey."
+                                  f"{r['domain']}" for r in rows)
+         + ("\npublish them: congvu dkim dns" if rows else "nothing to make: every domain has its selectors"))
+
+
+@dkim.command("rotate")
+@_dkim_domain_option
+@click.option("--force", is_flag=True,
+              help="Promote even if the next selector was published less than "
+                   "dkim.publish_grace_seconds ago (a leaked key).")
+@json_option
+@pass_context
+def dkim_rotate(obj: Context, domains: tuple[str, ...], force: bool, as_json: bool) -> None:
+    """next → current, current → retired, new next (publish it); forget old retired ones."""
+    from keys.dkim import DkimRotationError
+    from mailgw.signing import configured_domains
+
+    keys = _dkim_keys(obj)
+    results = []
+    for domain in domains or configured_domains(obj.services.config):
+        try:
+            results += keys.rotate(domain, force=force)
+        except (DkimRotationError, LookupError, ValueError) as error:
+            obj.services.audit.append("dkim.rotated", "failure", actor_username=f"cli:{_os_user()}",
+                                      target=domain, reason="dkim.rotation_refused",
+                                      details={"forced": force})
+            raise click.ClickException(str(error)) from None
+    for result in results:
+        obj.record("dkim.rotated", result["domain"], **result, forced=force)
+    pruned = [f"{r.selector}._domainkey.{r.domain}" for r in keys.prune()]
+    if pruned:
+        obj.record("dkim.pruned", None, selectors=pruned)
+    emit({"rotated": results, "pruned": pruned}, as_json,
+         "\n".join(f"{r['domain']} {r['algorithm']}: current {r['current']}, next {r['next']}, "
+                   f"retired {r['retired']}" for r in results)
+         + "".join(f"\nforgotten (remove from DNS): {name}" for name in pruned)
+         + "\npublish the new next selectors: congvu dkim dns")
+
+
+@dkim.command("dns")
+@_dkim_domain_option
+@json_option
+@pass_context
+def dkim_dns(obj: Context, domains: tuple[str, ...], as_json: bool) -> None:
+    """The TXT records to publish (zone-file syntax; values split into 255-byte strings)."""
+    from keys.dkim import normalise_domain, txt_strings, zone_line
+
+    wanted = {normalise_domain(d) for d in domains}
+    records = [r for r in _dkim_keys(obj).published() if not wanted or r.domain in wanted]
+    rows = [{"name": r.dns_name, "state": r.state, "algorithm": r.algorithm, "type": "TXT",
+             "value": r.txt_value(), "strings": txt_strings(r.txt_value())} for r in records]
+    emit(rows, as_json, "\n".join(f"; {r.state} {r.algorithm}\n{zone_line(r)}" for r in records)
+         or "(no DKIM selectors: run `congvu dkim generate`)")
 
 
 # -- admin tokens -------------------------------------------------------------------------
@@ -899,6 +1214,118 @@ def audit_export(obj: Context, fmt: str, output: str | None, **filters: str | No
     obj.record("audit.exported", None, format=fmt, records=records,
                filters={k: v for k, v in query.__dict__.items() if v is not None})
     click.echo(f"exported {records} records" + (f" to {output}" if output else ""), err=True)
+
+
+# -- mail gateway -------------------------------------------------------------------------
+@main.group()
+def mailgw() -> None:
+    """The official-mail gateway (its own process: submission, policy, signing, queue)."""
+
+
+@mailgw.command("serve")
+@pass_context
+def mailgw_serve(obj: Context) -> None:
+    """Run the SMTP listeners (settings `mailgw.*`) and the delivery worker until stopped."""
+    from mailgw.server import serve_forever
+
+    serve_forever(obj.services, echo=click.echo)
+
+
+@mailgw.group("queue")
+def mailgw_queue() -> None:
+    """The durable mail queue: what waits for delivery, and why."""
+
+
+def _mail_queue(obj: Context) -> Any:
+    from mailgw.queue import MailQueue
+
+    return MailQueue(obj.services.database, obj.services.config)
+
+
+def _unix_time(value: int | None) -> str:
+    return "-" if value is None else time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(value))
+
+
+@mailgw_queue.command("list")
+@click.option("--all", "include_finished", is_flag=True,
+              help="Also messages already delivered or bounced (kept mailgw.queue.keep_finished_seconds).")
+@json_option
+@pass_context
+def mailgw_queue_list(obj: Context, include_finished: bool, as_json: bool) -> None:
+    """Queued messages, oldest first, with their recipients counted by state."""
+    queue = _mail_queue(obj)
+    try:
+        rows = queue.list_messages(include_finished=include_finished)
+    finally:
+        queue.close()
+    human = "\n".join(
+        f"{r['id']}  {_unix_time(r['created_at'])}  {r['size']:>9}  <{r['mail_from']}>  "
+        + " ".join(f"{status}={count}" for status, count in r["recipients"].items() if count)
+        + (f"  next {_unix_time(r['next_attempt_at'])}" if r["next_attempt_at"] is not None else "")
+        for r in rows) or "(the mail queue is empty)"
+    emit(rows, as_json, human)
+
+
+@mailgw_queue.command("show")
+@click.argument("queue_id")
+@json_option
+@pass_context
+def mailgw_queue_show(obj: Context, queue_id: str, as_json: bool) -> None:
+    """One message: envelope, each recipient's state and last answer, and its headers."""
+    queue = _mail_queue(obj)
+    try:
+        shown = queue.show(queue_id)
+    finally:
+        queue.close()
+    if shown is None:
+        raise click.ClickException(f"no queued message {queue_id}")
+    lines = [f"queue id:   {shown['id']}", f"from:       <{shown['mail_from']}>",
+             f"received:   {_unix_time(shown['created_at'])}", f"size:       {shown['size']}",
+             f"sender sub: {shown['sender_sub'] or '-'}", "recipients:"]
+    lines += [f"  {r['recipient']}  {r['status']}  attempts={r['attempts']}"
+              + (f"  next {_unix_time(r['next_attempt_at'])}"
+                 if r["status"] in ("queued", "deferred") else "")
+              + (f"  last: {r['last_error']}" if r["last_error"] else "") for r in shown["recipients"]]
+    lines += ["headers:"] + [f"  {name}: {value}" for name, value in shown["headers"]]
+    emit(shown, as_json, "\n".join(lines))
+
+
+@mailgw_queue.command("retry")
+@click.argument("queue_id", required=False)
+@click.option("--all", "retry_all", is_flag=True, help="Every message waiting for a retry.")
+@json_option
+@pass_context
+def mailgw_queue_retry(obj: Context, queue_id: str | None, retry_all: bool, as_json: bool) -> None:
+    """Try a deferred message (or all) again now, instead of at its next retry time."""
+    if bool(queue_id) == retry_all:
+        raise click.UsageError("give a queue id or --all")
+    queue = _mail_queue(obj)
+    try:
+        if queue_id is not None and queue.show(queue_id) is None:
+            raise click.ClickException(f"no queued message {queue_id}")
+        count = queue.retry(queue_id)
+    finally:
+        queue.close()
+    obj.record("mail.queue.retried", queue_id or "all", recipients=count)
+    emit({"queue_id": queue_id, "recipients": count}, as_json,
+         f"{count} recipient(s) due now; the delivery worker sends them within mailgw.delivery.poll_seconds")
+
+
+@mailgw_queue.command("remove")
+@click.argument("queue_id")
+@json_option
+@pass_context
+def mailgw_queue_remove(obj: Context, queue_id: str, as_json: bool) -> None:
+    """Delete a message from the queue, without a bounce to its sender."""
+    queue = _mail_queue(obj)
+    try:
+        removed = queue.remove(queue_id)
+    finally:
+        queue.close()
+    if not removed:
+        raise click.ClickException(f"no queued message {queue_id}")
+    obj.record("mail.queue.removed", queue_id)
+    emit({"queue_id": queue_id, "removed": True}, as_json, f"message {queue_id} removed")
 
 
 if __name__ == "__main__":  # pragma: no cover

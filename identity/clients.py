@@ -21,7 +21,10 @@ from sqlalchemy.orm import Session
 from identity.credentials import SecretHasher, new_token
 from identity.models import Client
 
-SUPPORTED_SCOPES = ("openid", "profile", "email", "phone", "offline_access", "groups")
+SUPPORTED_SCOPES = ("openid", "profile", "email", "phone", "offline_access", "groups", "mail.send")
+# `mail.send` lets a token send mail as its user through the gateway (AUTH OAUTHBEARER): only
+# clients registered with it explicitly (mail clients such as Thunderbird) may ask for it.
+DEFAULT_SCOPES = tuple(scope for scope in SUPPORTED_SCOPES if scope != "mail.send")
 SUPPORTED_GRANT_TYPES = ("authorization_code", "refresh_token", "client_credentials")
 AUTH_METHODS = ("client_secret_basic", "client_secret_post", "private_key_jwt", "none")
 # Schemes that would run code in the provider's or the browser's context.
@@ -76,6 +79,30 @@ def validate_redirect_uri(uri: str, field: str = "redirect_uri") -> str:
         raise ClientRegistrationError(
             field, f"a private-use scheme must be a reverse domain name (e.g. vn.gov.app:), not {scheme}:")
     return uri
+
+
+def validate_logout_uri(uri: str | None, field: str) -> str | None:
+    """A back- or front-channel logout URI (Back-Channel Logout 1.0 §2.2, Front-Channel
+    Logout 1.0 §2): absolute https, or http on a loopback IP for development; a query is
+    allowed, a fragment or user information is not. None or "": the client has none."""
+    if uri is None or uri == "":
+        return None
+    if not isinstance(uri, str):
+        raise ClientRegistrationError(field, "must be a string")
+    if len(uri) > 2000 or uri != uri.strip() or any(ord(c) < 0x21 for c in uri):
+        raise ClientRegistrationError(field, "must be a URI without spaces or control characters")
+    try:
+        parts = urlsplit(uri)
+        parts.port  # noqa: B018 - raises ValueError on a malformed port
+    except ValueError:
+        raise ClientRegistrationError(field, f"not a valid URI: {uri!r}") from None
+    if parts.fragment or "#" in uri:
+        raise ClientRegistrationError(field, "must not contain a fragment")
+    if not parts.hostname or parts.username is not None or parts.password is not None:
+        raise ClientRegistrationError(field, "must be an absolute URI with a host and no user information")
+    if parts.scheme == "https" or (parts.scheme == "http" and _is_loopback_ip(parts.hostname)):
+        return uri
+    raise ClientRegistrationError(field, "must be an https URI (http only on 127.0.0.1 or [::1])")
 
 
 def redirect_uri_matches(registered: list[str], presented: str) -> bool:
@@ -141,7 +168,11 @@ def register_client(session: Session, hasher: SecretHasher, *, name: str,
                     auth_method: str | None = None, scope: str | None = None,
                     jwks: dict | None = None, first_party: bool = True,
                     require_pkce: bool = True, client_id: str | None = None,
-                    allowed_groups: list[str] = ()) -> RegisteredClient:
+                    allowed_groups: list[str] = (), settings: dict | None = None,
+                    backchannel_logout_uri: str | None = None,
+                    backchannel_logout_session_required: bool = True,
+                    frontchannel_logout_uri: str | None = None,
+                    frontchannel_logout_session_required: bool = True) -> RegisteredClient:
     name = (name or "").strip()
     if not name:
         raise ClientRegistrationError("client_name", "is required")
@@ -168,7 +199,7 @@ def register_client(session: Session, hasher: SecretHasher, *, name: str,
                    for u in post_logout_redirect_uris]
     if "authorization_code" in grant_types and not redirect_uris:
         raise ClientRegistrationError("redirect_uris", "the authorization_code grant needs at least one")
-    requested = scope_to_list(scope) if scope else list(SUPPORTED_SCOPES)
+    requested = scope_to_list(scope) if scope else list(DEFAULT_SCOPES)
     for item in requested:
         if item not in SUPPORTED_SCOPES:
             raise ClientRegistrationError("scope", f"{item!r} is not a supported scope")
@@ -185,6 +216,14 @@ def register_client(session: Session, hasher: SecretHasher, *, name: str,
         first_party=first_party, jwks=jwks, created_at=now, secret_rotated_at=None,
         allowed_groups=allowed_groups,
     )
+    client.backchannel_logout_uri = validate_logout_uri(backchannel_logout_uri, "backchannel_logout_uri")
+    client.frontchannel_logout_uri = validate_logout_uri(frontchannel_logout_uri, "frontchannel_logout_uri")
+    client.backchannel_logout_session_required = backchannel_logout_session_required is not False
+    client.frontchannel_logout_session_required = frontchannel_logout_session_required is not False
+    if settings:  # access policy and portal items, validated in one place
+        from identity.client_settings import apply_client_settings
+
+        apply_client_settings(client, settings)
     session.add(client)
     session.flush()
     return RegisteredClient(client, secret)
@@ -212,6 +251,19 @@ def describe_client(client: Client) -> dict:
         "require_pkce": client.require_pkce,
         "first_party": client.first_party,
         "allowed_groups": list(client.allowed_groups or []),
+        # access policy and portal (identity/client_settings.py)
+        "allowed_roles": list(client.allowed_roles or []),
+        "required_acr": client.required_acr,
+        "description": client.description or "",
+        "logo_uri": client.logo_uri,
+        "client_uri": client.client_uri,
+        "initiate_login_uri": client.initiate_login_uri,
+        "show_in_portal": client.show_in_portal is not False,
+        # single logout (identity/oidc/logout.py)
+        "backchannel_logout_uri": client.backchannel_logout_uri,
+        "backchannel_logout_session_required": client.backchannel_logout_session_required is not False,
+        "frontchannel_logout_uri": client.frontchannel_logout_uri,
+        "frontchannel_logout_session_required": client.frontchannel_logout_session_required is not False,
         "public": client.token_endpoint_auth_method == "none",
         "created_at": client.created_at,
     }

@@ -34,6 +34,7 @@ from keys.ring import SIGNING_ALGORITHMS
 from policies import (
     AuditRetentionPolicy,
     LockoutPolicy,
+    MailPolicy,
     MfaPolicy,
     PasswordHashPolicy,
     PasswordPolicy,
@@ -147,15 +148,130 @@ SETTINGS: tuple[Setting, ...] = (
             "Members of this group (and accounts flagged admin) hold the administrator role; "
             "they always sign in with MFA."),
     # --- single logout (identity/oidc/logout.py) ---
+    Setting("logout.backchannel_timeout_seconds", int, 5,
+            "Back-channel logout: how long one POST to an application may take to connect, and "
+            "then to answer, seconds. An application that is down or hangs delays no other one "
+            "and never the person signing out (sends run in the background).", minimum=1, maximum=60),
+    Setting("logout.max_attempts", int, 5,
+            "Back-channel logout: attempts per application and session before giving up (the "
+            "give-up is audited).", minimum=1, maximum=20),
+    Setting("logout.retry_seconds", int, 30,
+            "Back-channel logout: wait before the second attempt, doubled before each further one "
+            "(30 s and 5 attempts: retries over about 7.5 minutes).", minimum=1, maximum=3600),
+    Setting("logout.workers", int, 8,
+            "Back-channel logout: sends in parallel per app process.", minimum=1, maximum=64),
+    Setting("logout.poll_seconds", int, 15,
+            "How often each app process's background thread sends due retries and ends idle or "
+            "expired sessions (so their applications are told without waiting for the browser).",
+            minimum=1, maximum=3600),
+    Setting("logout.background_worker", bool, True,
+            "Run that background thread in each app process. Off: run `congvu logout dispatch "
+            "--every SECONDS` instead (retries and the timeout sweep wait until then)."),
+    Setting("logout.frontchannel_wait_ms", int, 3000,
+            "Front-channel logout: how long the signed-out page waits for the applications' "
+            "hidden frames before it goes on.", minimum=500, maximum=15000),
     # --- mail gateway: listeners, TLS, SASL (mailgw/server.py, mailgw/auth.py) ---
+    Setting("mailgw.hostname", str, "",
+            "The gateway's name in its SMTP greeting and EHLO reply (its public DNS name, the "
+            "one its certificate names). Empty: this machine's fully qualified name."),
+    Setting("mailgw.listen_address", str, "127.0.0.1",
+            "IP address the SMTP listeners bind to. Loopback by default, like the web server: "
+            "a production gateway names its interface, or `0.0.0.0` / `::` for every one."),
+    Setting("mailgw.submission_port", int, 587,
+            "Port of message submission (RFC 6409): plain text until STARTTLS, which is "
+            "required before AUTH and MAIL. 0 turns the listener off.", minimum=0, maximum=65535),
+    Setting("mailgw.smtps_port", int, 465,
+            "Port of submission over implicit TLS (RFC 8314). 0 turns the listener off.",
+            minimum=0, maximum=65535),
+    Setting("mailgw.tls_cert_file", str, "",
+            "PEM certificate chain of the listeners. Empty: a self-signed certificate generated "
+            "into `<data>/mailgw-tls/` (with a warning; for demos and tests only). A relative "
+            "path is taken from the instance folder."),
+    Setting("mailgw.tls_key_file", str, "",
+            "PEM private key of the certificate, if not in the same file."),
+    Setting("mailgw.max_message_bytes", int, 25 * 1024 * 1024,
+            "Largest message accepted (announced as SIZE; a larger one is refused with 552 5.3.4).",
+            minimum=1024, maximum=200 * 1024 * 1024),
+    Setting("mailgw.session_timeout", int, 300,
+            "Seconds an SMTP session may stay idle before it is closed.", minimum=10, maximum=3600),
+    Setting("mailgw.token_audiences", str, "mail",
+            "Space-separated `aud` values an access token must name for AUTH OAUTHBEARER / "
+            "XOAUTH2 (the client ids of the mail clients registered for it, e.g. Thunderbird's). "
+            "The token must also carry the `mail.send` scope."),
     # --- mail gateway: queue and delivery (mailgw/queue.py, mailgw/delivery.py) ---
+    Setting("mailgw.queue.keep_finished_seconds", int, 86400,
+            "How long a message stays in the queue after its last recipient was delivered or "
+            "bounced (for `congvu mailgw queue show`); then the delivery worker removes it.",
+            minimum=0, maximum=90 * 86400),
+    Setting("mailgw.delivery.relay", str, "",
+            "`host:port` (`[v6]:port` for IPv6) of the upstream relay every accepted message is "
+            "handed to. Empty: nothing is delivered; mail stays queued (with a warning)."),
+    Setting("mailgw.delivery.starttls", str, "required",
+            "TLS to the relay: `required` (no STARTTLS offered, or a certificate that does not "
+            "verify for the relay's host name: the message is deferred) or `opportunistic` "
+            "(STARTTLS when offered, verified; plain SMTP otherwise).",
+            choices=("required", "opportunistic")),
+    Setting("mailgw.delivery.ca_file", str, "",
+            "PEM file of the CA(s) the relay's certificate must chain to. Empty: the system's trust "
+            "store."),
+    Setting("mailgw.delivery.username", str, "",
+            "User name for AUTH at the relay (only ever after TLS). Empty: no AUTH."),
+    Setting("mailgw.delivery.password_file", str, "",
+            "File holding the relay password (first line; relative paths from the instance "
+            "folder). Read at start, never logged."),
+    Setting("mailgw.delivery.timeout", int, 60,
+            "Seconds to wait for the relay to connect or answer one command.", minimum=1, maximum=600),
+    Setting("mailgw.delivery.max_connections", int, 20,
+            "Deliveries in flight at once, in one gateway process (each its own connection to "
+            "the relay, kept open for the next message).", minimum=1, maximum=200),
+    Setting("mailgw.delivery.destination_concurrency", int, 10,
+            "Deliveries in flight at once to one recipient domain, in one gateway process "
+            "(Postfix: default_destination_concurrency_limit).", minimum=1, maximum=200),
+    Setting("mailgw.delivery.min_backoff", int, 300,
+            "Seconds before the first retry after a temporary failure; each further retry waits "
+            "twice as long, up to max_backoff (Postfix: minimal_backoff_time).", minimum=1,
+            maximum=86400),
+    Setting("mailgw.delivery.max_backoff", int, 4000,
+            "Longest wait between two attempts, seconds (Postfix: maximal_backoff_time).",
+            minimum=1, maximum=86400),
+    Setting("mailgw.delivery.max_lifetime", int, 5 * 86400,
+            "Seconds after which a message still failing temporarily is bounced to its sender "
+            "(Postfix: maximal_queue_lifetime). 0: bounce at the first temporary failure.",
+            minimum=0, maximum=30 * 86400),
+    Setting("mailgw.delivery.poll_seconds", int, 5,
+            "How often the worker looks for due retries and for mail queued by other processes "
+            "(mail this process queues is sent at once).", minimum=1, maximum=300),
+    Setting("mailgw.delivery.lease_seconds", int, 60,
+            "How long a worker's claim on a recipient lasts; renewed while it works, so after a "
+            "crash another worker (or the restarted one) takes the mail over within this time.",
+            minimum=5, maximum=3600),
     # --- mail gateway: DKIM and S/MIME (mailgw/dkim.py, mailgw/smime.py) ---
+    Setting("dkim.domains", str, "phutho.gov.vn",
+            "Comma-separated signing domains (d=). Each gets an RSA-2048 and an Ed25519 selector "
+            "on first start (`congvu dkim generate`); every outbound message carries both "
+            "signatures, by the sender's domain or the nearest parent listed here, else by the "
+            "first domain listed. Publish the records `congvu dkim dns` prints."),
+    Setting("dkim.publish_grace_seconds", int, 2 * 86400,
+            "How long a new (next) selector must have been published in DNS before `congvu dkim "
+            "rotate` lets it sign (`--force` overrides): longer than the records' TTL.",
+            minimum=0, maximum=90 * 86400),
+    Setting("dkim.retired_keep_seconds", int, 7 * 86400,
+            "How long a retired selector stays in `congvu dkim dns` (mail signed with it may "
+            "still be queued elsewhere); `congvu dkim rotate` then forgets it.",
+            minimum=0, maximum=365 * 86400),
+    Setting("smime.dir", str, "",
+            "Folder of S/MIME PEM files (docs/mail-gateway.md): `signing/<address>.pem` or "
+            "`signing/<domain>.pem` (certificate chain and private key) signs mail from that "
+            "address or domain; `recipients/<address>.pem` (certificate) lets mail to that "
+            "address be encrypted. Relative paths are taken from the instance folder. Empty: "
+            "`<data>/smime`. No signing file: no S/MIME signature (DKIM still signs)."),
 )
 
 _BY_KEY = {s.key: s for s in SETTINGS}
 _POLICY_SECTIONS: dict[str, type] = {"session": SessionPolicy, "password_hash": PasswordHashPolicy,
                                      "mfa": MfaPolicy, "password": PasswordPolicy,
-                                     "lockout": LockoutPolicy, "audit_retention": AuditRetentionPolicy}
+                                     "lockout": LockoutPolicy, "audit_retention": AuditRetentionPolicy,
+                                     "mail": MailPolicy}
 
 
 @dataclass(frozen=True)
@@ -169,6 +285,7 @@ class Config:
     password_policy: PasswordPolicy = field(default_factory=PasswordPolicy)
     lockout_policy: LockoutPolicy = field(default_factory=LockoutPolicy)
     audit_retention_policy: AuditRetentionPolicy = field(default_factory=AuditRetentionPolicy)
+    mail_policy: MailPolicy = field(default_factory=MailPolicy)  # the mail gateway's (mailgw/policy.py)
     warnings: tuple[str, ...] = ()
     # `[directories.<name>]` tables, in the file's order (identity/directory/settings.py).
     directories: tuple[DirectorySettings, ...] = ()
@@ -318,7 +435,7 @@ def load_config(data_dir: str | Path | None = None, overrides: dict[str, Any] | 
                   password_hash_policy=policies["password_hash"], master_key=master_key,
                   mfa_policy=policies["mfa"], password_policy=policies["password"],
                   lockout_policy=policies["lockout"], audit_retention_policy=policies["audit_retention"],
-                  warnings=tuple(warnings), directories=directories)
+                  mail_policy=policies["mail"], warnings=tuple(warnings), directories=directories)
 
 
 def _load_directories(tables: Any, data: Path, warnings: list[str]) -> tuple[DirectorySettings, ...]:

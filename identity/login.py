@@ -331,6 +331,10 @@ def mfa_submit() -> Response:
 @bp.get("/")
 def home() -> Response:
     active = sso.current_session()
+    if active is not None:  # signed in: the applications this official may open
+        from identity.portal import portal_page
+
+        return portal_page(active)
     return Response(render_template("home.html", active=active),
                     headers={"Cache-Control": "no-store"})
 

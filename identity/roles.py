@@ -25,3 +25,9 @@ def is_admin(user: User, config: Config) -> bool:
 def is_privileged(user: User, config: Config) -> bool:
     """Administrators and auditors: always MFA, never an enrolment grace period."""
     return is_admin(user, config) or is_auditor(user, config)
+
+
+def roles_of(user: User, config: Config) -> set[str]:
+    """The roles (policies.access.ROLES) this official holds, for a client's allowed_roles."""
+    return {role for role, holds in (("admin", is_admin(user, config)), ("auditor", is_auditor(user, config)))
+            if holds}

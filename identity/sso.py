@@ -11,7 +11,7 @@ import time
 from dataclasses import dataclass
 
 from flask import Response, request
-from sqlalchemy import update
+from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
 from identity.credentials import new_token, token_hash
@@ -50,9 +50,10 @@ def current_session(session: Session | None = None, *, touch: bool = True) -> Ac
     decision = services().config.session_policy.check(
         now=now, started_at=row.created_at, last_seen_at=row.last_seen_at)
     if not decision:
-        row.ended_at = now
-        # Its grants end too, as at any other end of a session (one path for all).
-        end_session_and_grants(session, row, reason=decision.reason)
+        # Its grants end too and its applications are told, as at any other end of a
+        # session (one path for all; the background sweep usually got here first).
+        if end_session_and_grants(session, row, reason=decision.reason, now=now) is None:
+            return None
         owner = session.get(User, row.user_id)
         audit_event("session.end", "success", actor_sub=owner.sub if owner else None,
                     actor_username=owner.username if owner else None, reason=decision.reason,
@@ -108,16 +109,45 @@ def _current_row(session: Session) -> SsoSession | None:
     return row if row is not None and row.ended_at is None else None
 
 
-def end_session_and_grants(session: Session, row: SsoSession, *, reason: str) -> list[str]:
-    """End an SSO session and every grant made under it; returns the grant ids ended."""
+def end_session_and_grants(session: Session, row: SsoSession, *, reason: str,
+                           now: int | None = None) -> list[str] | None:
+    """End an SSO session and every grant made under it, and write the back-channel
+    logout notifications of its applications (identity/oidc/logout.py), all in the
+    caller's transaction. Every end of a session comes through here: logout, the account
+    page, administrators, disabled accounts, password resets, timeouts.
+
+    Returns the grant ids ended, or None when the session had already ended (then nothing
+    is written: ending it twice, even in two processes at once, notifies once).
+    """
+    from identity.oidc.logout import enqueue_session_logout
     from identity.oidc.tokens import active_grants_for_session, revoke_grant
 
-    row.ended_at = int(time.time())
+    now = int(time.time()) if now is None else now
+    # Conditional, so that of two concurrent ends exactly one goes on (PostgreSQL re-checks
+    # `ended_at IS NULL` after the other's commit; SQLite has one writer at a time).
+    claimed = session.execute(update(SsoSession)
+                              .where(SsoSession.id_hash == row.id_hash, SsoSession.ended_at.is_(None))
+                              .values(ended_at=now))
+    if claimed.rowcount != 1:
+        return None
+    row.ended_at = now
     ended = []
     for grant in active_grants_for_session(session, row.sid):
         revoke_grant(session, grant.id, reason)
         ended.append(grant.id)
+    enqueue_session_logout(session, row, reason=reason, now=now)
     return ended
+
+
+def end_user_sessions(session: Session, user: User, *, reason: str,
+                      keep_sid: str | None = None) -> list[str]:
+    """End every open session of `user` (but `keep_sid`), through end_session_and_grants;
+    returns the sids ended."""
+    query = select(SsoSession).where(SsoSession.user_id == user.id, SsoSession.ended_at.is_(None))
+    if keep_sid is not None:
+        query = query.where(SsoSession.sid != keep_sid)
+    return [row.sid for row in session.scalars(query).all()
+            if end_session_and_grants(session, row, reason=reason) is not None]
 
 
 def set_cookie(response: Response, value: str) -> None:

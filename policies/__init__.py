@@ -10,12 +10,13 @@ audit log records.
 from policies.audit_retention import AuditRetentionPolicy
 from policies.base import Decision, PolicyError
 from policies.lockout import CounterState, LockoutPolicy
+from policies.mail import MailPolicy
 from policies.mfa import MfaPolicy
 from policies.password import PasswordContext, PasswordPolicy
 from policies.password_hash import PasswordHashPolicy
 from policies.session import SessionPolicy
 
 __all__ = [
-    "AuditRetentionPolicy", "CounterState", "Decision", "LockoutPolicy", "MfaPolicy", "PasswordContext",
-    "PasswordHashPolicy", "PasswordPolicy", "PolicyError", "SessionPolicy",
+    "AuditRetentionPolicy", "CounterState", "Decision", "LockoutPolicy", "MailPolicy", "MfaPolicy",
+    "PasswordContext", "PasswordHashPolicy", "PasswordPolicy", "PolicyError", "SessionPolicy",
 ]

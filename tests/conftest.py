@@ -118,6 +118,9 @@ def make_instance(tmp_path, database_url: str):  # type: ignore[no-untyped-def]
 
     yield factory
     for instance in created:
+        dispatcher = instance.app.extensions.get("congvu.logout")
+        if dispatcher is not None:
+            dispatcher.stop()  # back-channel sends under way must not outlive the database
         watcher = instance.app.extensions.get("congvu.chain_watcher")
         if watcher is not None:
             watcher.wait(60)  # the console's background check must not outlive the database

@@ -40,15 +40,16 @@ class Finding:
 
 
 # What json.dumps(record, sort_keys=True, ...) would build on every call; made once,
-# since verify() encodes every record of the log.
-_CANONICAL_ENCODER = json.JSONEncoder(sort_keys=True, separators=(",", ":"), ensure_ascii=False,
+# since verify() encodes every record of the log (and the writer, in pieces, every one
+# it appends: identity.audit.log.Prepared).
+CANONICAL_ENCODER = json.JSONEncoder(sort_keys=True, separators=(",", ":"), ensure_ascii=False,
                                       allow_nan=False)
 
 
 def canonical(record: Mapping[str, Any]) -> bytes:
     """One byte string per record: sorted keys, no whitespace, UTF-8. JSON escaping
     encodes newlines and control characters, so no field can forge a separator."""
-    return _CANONICAL_ENCODER.encode(record).encode("utf-8")
+    return CANONICAL_ENCODER.encode(record).encode("utf-8")
 
 
 def link(prev: bytes, canonical_bytes: bytes) -> bytes:

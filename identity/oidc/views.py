@@ -10,7 +10,7 @@ from typing import Any
 
 from authlib.common.urls import add_params_to_uri
 from authlib.oauth2 import OAuth2Error
-from authlib.oauth2.rfc6749 import InvalidRequestError
+from authlib.oauth2.rfc6749 import AccessDeniedError, InvalidRequestError
 from authlib.oidc.core.errors import (
     ConsentRequiredError,
     LoginRequiredError,
@@ -30,12 +30,16 @@ from flask import (
 )
 from flask_babel import gettext as _
 
-from identity import sso
+from identity import consents, sso
+from identity.access_messages import access_refusal_page
+from identity.client_settings import ACR_LEVELS
 from identity.login import enrolment_grace_left, mfa_required, resume_url, start_challenge
+from identity.oidc.logout import frame_origins, frontchannel_logout_urls
 from identity.oidc.server import EndUser
-from identity.roles import group_names
+from identity.roles import group_names, roles_of
 from identity.services import audit_event, db, services
-from policies.access import client_access
+from policies import Decision
+from policies.access import acr_requirement, client_access
 
 bp = Blueprint("oidc", __name__)
 
@@ -64,7 +68,8 @@ def discovery_document() -> dict[str, Any]:
         "introspection_endpoint": issuer + "/introspect",
         "revocation_endpoint": issuer + "/revoke",
         "end_session_endpoint": issuer + "/logout",
-        "scopes_supported": ["openid", "profile", "email", "phone", "offline_access", "groups"],
+        "scopes_supported": ["openid", "profile", "email", "phone", "offline_access", "groups",
+                             "mail.send"],
         "response_types_supported": ["code"],
         "response_modes_supported": ["query"],
         "grant_types_supported": ["authorization_code", "refresh_token", "client_credentials"],
@@ -90,6 +95,11 @@ def discovery_document() -> dict[str, Any]:
         "authorization_response_iss_parameter_supported": True,
         "ui_locales_supported": ["vi", "en"],
         "prompt_values_supported": ["none", "login", "consent"],
+        # Single logout (identity/oidc/logout.py): logout tokens and frames carry `sid`.
+        "backchannel_logout_supported": True,
+        "backchannel_logout_session_supported": True,
+        "frontchannel_logout_supported": True,
+        "frontchannel_logout_session_supported": True,
     }
 
 
@@ -215,16 +225,21 @@ def authorize() -> Response:
 
     assert active is not None and end_user is not None
     access = client_access(user_groups=group_names(active.user),
-                           allowed_groups=client.row.allowed_groups or ())
-    if not access:
-        # A translated page naming the reason, not a redirect: the official should know
-        # to ask for access, and the application learns nothing about them.
+                           allowed_groups=client.row.allowed_groups or (),
+                           user_roles=roles_of(active.user, services().config),
+                           allowed_roles=client.row.allowed_roles or ())
+    if access:
+        access = client_acr_requirement(active, client.row.required_acr)
+    if not access and access.reason != "access.step_up":
         audit_event("access.denied", "failure", actor_sub=active.user.sub,
                     actor_username=active.user.username, client_id=client.client_id, reason=access.reason)
-        return error_page(_("No access to this application"),
-                          _("Your account is not in a group allowed to use %(app)s. Ask the unit that "
-                            "runs it to grant access.", app=client.row.name), status=403)
-    step = second_factor_step(active, client.client_id, prompts, redirect_uri)
+        if "none" in prompts:  # no page may be shown: the application hears a plain refusal
+            return authorization_error(AccessDeniedError(redirect_uri=redirect_uri))
+        # A translated page naming the reason, not a redirect: the official should know
+        # to ask for access, and the application learns nothing about them.
+        return access_refusal_page(access.reason, client.row)
+    step = second_factor_step(active, client.client_id, prompts, redirect_uri,
+                              client_requires_mfa=access.reason == "access.step_up")
     if step is not None:
         return step
     if "pwd" in active.row.amr and not services().config.password_policy.check_expiry(
@@ -236,7 +251,9 @@ def authorize() -> Response:
         session["after_password_change"] = resume_url(start_interaction())
         flash(_("Your password has expired. Choose a new one to continue."), "warning")
         return redirect(url_for("account.password_form"), 303)
-    if "consent" in prompts or not client.row.first_party:
+    requested_scope = grant.request.payload.scope
+    if "consent" in prompts or not (client.row.first_party or consents.covers(
+            db(), active.user, client.client_id, requested_scope)):
         if "none" in prompts:
             return authorization_error(ConsentRequiredError(redirect_uri=redirect_uri))
         if request.method == "GET":
@@ -250,17 +267,28 @@ def authorize() -> Response:
                     client_id=client.client_id, details={"scope": grant.request.payload.scope})
         if not allowed:
             return server().create_authorization_response(grant=grant, grant_user=None)
+        if not client.row.first_party:  # remembered until revoked on /account
+            consents.remember(db(), active.user, client.client_id, requested_scope)
     return server().create_authorization_response(grant=grant, grant_user=end_user)
 
 
+def client_acr_requirement(active: sso.ActiveSession, required_acr: str | None) -> Decision:
+    """The client's own required acr (its access policy) against this session's."""
+    if not required_acr or active.row.acr == required_acr:
+        return Decision.allow("access.acr_met")
+    return acr_requirement(required_acr=required_acr, session_acr=active.row.acr, levels=ACR_LEVELS,
+                           has_second_factor=services().mfa.enrolled(db(), active.user))
+
+
 def second_factor_step(active: sso.ActiveSession, client_id: str, prompts: set[str],
-                       redirect_uri: str) -> Response | None:
+                       redirect_uri: str, *, client_requires_mfa: bool = False) -> Response | None:
     """What a session signed in with a password alone must do first, when the client
-    asks for MFA (`acr_values=urn:congvu:acr:2`) or the MFA policy requires it here:
-    show the second factor (step-up), or enrol one. None: go on."""
+    asks for MFA (`acr_values=urn:congvu:acr:2`), its access policy requires it
+    (`client_requires_mfa`, only for an official who has a factor) or the MFA policy
+    requires it here: show the second factor (step-up), or enrol one. None: go on."""
     if active.row.acr == sso.ACR_MULTI_FACTOR:
         return None
-    asked = sso.ACR_MULTI_FACTOR in (request.values.get("acr_values") or "").split()
+    asked = client_requires_mfa or sso.ACR_MULTI_FACTOR in (request.values.get("acr_values") or "").split()
     required = mfa_required(active.user, client_id)
     if not asked and required is None:
         return None
@@ -342,16 +370,35 @@ def logout() -> Response:
         return Response(render_template("logout_confirm.html", client=client, user=active.user,
                                         action=request.full_path),
                         headers={"Cache-Control": "no-store"})
+    frames: list[str] = []
     if active is not None:
         sso.end_session_and_grants(db(), active.row, reason="logout")
         audit_event("session.end", "success", actor_sub=active.user.sub,
                     actor_username=active.user.username, client_id=client_id,
                     reason="session.logout", details={"sid": active.row.sid})
-    response = redirect(redirect_to, 303) if redirect_to else Response(
-        render_template("logged_out.html", client=client))
+        frames = frontchannel_logout_urls(db(), active.row.sid, services().config.issuer)
+    if frames:
+        response = signed_out_with_frames(frames, next_url=redirect_to, client=client)
+    else:
+        response = redirect(redirect_to, 303) if redirect_to else Response(
+            render_template("logged_out.html", client=client))
     sso.clear_cookie(response)
     session.clear()
     return response
+
+
+def signed_out_with_frames(frames: list[str], *, next_url: str | None, client: Any = None) -> Response:
+    """The signed-out page with a hidden frame per application's front-channel logout URI
+    (Front-Channel Logout 1.0 §3); a small script of ours goes on to `next_url` once the
+    frames loaded, or after `logout.frontchannel_wait_ms`. Only this page may frame those
+    origins: its Content-Security-Policy names them in `frame-src`."""
+    from identity.app import SECURITY_HEADERS
+
+    policy = SECURITY_HEADERS["Content-Security-Policy"] + "; frame-src " + " ".join(frame_origins(frames))
+    return Response(render_template(
+        "logged_out.html", client=client, frames=frames, next_url=next_url,
+        wait_ms=services().config["logout.frontchannel_wait_ms"]),
+        headers={"Cache-Control": "no-store", "Content-Security-Policy": policy})
 
 
 @bp.app_errorhandler(405)

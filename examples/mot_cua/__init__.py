@@ -1,0 +1,1 @@
+"""Một cửa: the one-stop desk example application (app.py)."""

@@ -1,0 +1,1 @@
+"""Quản lý văn bản: the document-management example application (app.py)."""

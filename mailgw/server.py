@@ -1,0 +1,538 @@
+"""The gateway's SMTP listeners (aiosmtpd) and the session glue.
+
+Two listeners, from the `mailgw.*` settings: submission (587, RFC 6409), where STARTTLS
+must come before AUTH and before any mail, and submission over implicit TLS (465, RFC
+8314). Every session must AUTH (mailgw/auth.py) before MAIL; no relaying without it.
+
+One message:  MAIL FROM → policy.check_sender; RCPT TO → policy.check_recipient;
+end of DATA → policy.judge → REFUSE (its reply) | QUARANTINE (held, 250) | ACCEPT →
+signer.sign → queue.enqueue_async (committed) → audit → 250. Each decision is one audit
+record (mail.accepted / mail.refused / mail.quarantined); never the content.
+
+aiosmtpd, and what is done about it (DESIGN.md, "pitfalls"):
+* it treats a session as encrypted only after STARTTLS, so on implicit TLS it would never
+  offer AUTH: `_tls_protocol` below also answers for the TLS the listener itself speaks;
+* its EHLO lacks PIPELINING and ENHANCEDSTATUSCODES, and many of its replies carry no
+  enhanced status code: `handle_EHLO` adds both keywords, `push` adds the RFC 3463 code
+  to any 2xx/4xx/5xx reply without one (not to the greeting or the EHLO lines, RFC 2034);
+* it reads each message whole into memory: `max_message_bytes` bounds it (SIZE).
+
+Blocking work (Argon2id, the database, the directory, the policy's counters, signing)
+runs in a thread pool, never on the event loop that serves every session.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import datetime
+import logging
+import os
+import re
+import signal
+import socket
+import ssl
+import time
+import uuid
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from aiosmtpd.smtp import SMTP, Envelope, Session
+
+from identity.audit.log import AuditEntry
+from mailgw.auth import BearerCredentials, PasswordCredentials, SaslMechanisms
+from mailgw.model import Action, Sender, Submission, Verdict
+
+log = logging.getLogger("congvu.mailgw")
+
+# RFC 3463 codes for replies aiosmtpd sends without one, by reply code; a class default
+# ("5.0.0") for any other. The greeting and EHLO/HELO replies carry none (RFC 2034 §3).
+ENHANCED_BY_CODE = {
+    220: "2.0.0", 221: "2.0.0", 250: "2.0.0", 252: "2.5.0",
+    421: "4.3.0", 451: "4.3.0", 452: "4.3.1", 454: "4.7.0",
+    500: "5.5.2", 501: "5.5.4", 502: "5.5.1", 503: "5.5.1", 504: "5.5.4", 530: "5.7.0",
+    550: "5.7.1", 552: "5.3.4", 553: "5.1.3", 554: "5.7.0", 555: "5.5.4",
+}
+_HAS_ENHANCED = re.compile(rb"^[245]\d\d[ -][245]\.\d{1,3}\.\d{1,3}(?: |$)")
+_STATUS_LINE = re.compile(rb"^([245])(\d\d)([ -])(.*)$", re.DOTALL)
+# aiosmtpd's own words where they would mislead a user or name internals.
+_REWORDED = {
+    b"Error: Too much mail data": b"Message exceeds the size limit",
+    b"Error: message size exceeds fixed maximum message size": b"Message exceeds the size limit",
+}
+
+# The replies of the session glue (one table, as aiosmtpd's statuscodes).
+REPLY_SENDER_OK = "250 2.1.0 Sender OK"
+REPLY_RECIPIENT_OK = "250 2.1.5 Recipient OK"
+REPLY_QUEUED = "250 2.0.0 Queued as {queue_id}"
+REPLY_HELD = "250 2.6.0 Queued"  # a quarantined message: the sender is not told
+REPLY_TEMPORARY = "451 4.3.0 Temporary server error, try again later"
+REPLY_NOT_YOURS = "550 5.7.1 Sender address not owned by the authenticated user"
+
+CALL_LIMITS = {"AUTH": 5, "*": 10**9}  # AUTH attempts per connection; others unbounded
+MAX_AUTH_LINE = 12288
+
+
+def add_enhanced_code(reply: bytes) -> bytes:
+    """`reply` with an RFC 3463 enhanced status code, if it is a 2xx/4xx/5xx without one."""
+    if _HAS_ENHANCED.match(reply):
+        return reply
+    match = _STATUS_LINE.match(reply)
+    if match is None:
+        return reply  # 334 challenges, 354
+    code = int(match.group(1) + match.group(2))
+    enhanced = ENHANCED_BY_CODE.get(code, f"{match.group(1).decode()}.0.0")
+    text = _REWORDED.get(match.group(4), match.group(4))
+    return b"%d%s%s %s" % (code, match.group(3), enhanced.encode(), text)
+
+
+class SubmissionSession(Session):
+    """aiosmtpd's Session without the deprecated `login_data`, which logs a warning at
+    every AUTH (the authenticated official is `auth_data`, a mailgw.model.Sender)."""
+
+    @property
+    def login_data(self) -> Any:
+        return None
+
+    @login_data.setter
+    def login_data(self, value: Any) -> None:
+        pass
+
+
+class SubmissionSMTP(SaslMechanisms, SMTP):
+    """aiosmtpd's SMTP with the fixes named in the module's docstring."""
+
+    def __init__(self, gateway: Gateway, *, implicit_tls: bool, **kwargs: Any) -> None:
+        self.gateway = gateway
+        self.issuer = gateway.issuer
+        self.implicit_tls = implicit_tls
+        self._starttls_layer: Any = None
+        self._implicit_tls_layer: Any = None
+        self._greeted = False
+        self._raw_replies = False
+        self.session_id = ""
+        # AUTH lines carry access tokens (RFC 4954 allows 12,288 octets); aiosmtpd reads any
+        # line with the 1,001-octet limit meant for message lines, and caps commands at 512.
+        # The reader gets the larger limit; DATA still enforces 1,001 by line_length_limit.
+        self.line_length_limit = MAX_AUTH_LINE
+        super().__init__(gateway.handler, **kwargs)
+        self.line_length_limit = SMTP.line_length_limit
+        self.command_size_limits = collections.defaultdict(lambda: SMTP.command_size_limit,
+                                                           {"AUTH": MAX_AUTH_LINE})
+
+    # aiosmtpd reads `_tls_protocol` as "this session is encrypted" and sets it at STARTTLS.
+    @property
+    def _tls_protocol(self) -> Any:
+        return self._starttls_layer if self._starttls_layer is not None else self._implicit_tls_layer
+
+    @_tls_protocol.setter
+    def _tls_protocol(self, value: Any) -> None:
+        self._starttls_layer = value
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        first = self.transport is None
+        super().connection_made(transport)
+        if first:
+            self.session_id = uuid.uuid4().hex
+            if self.implicit_tls:
+                ssl_object = transport.get_extra_info("ssl_object")
+                self._implicit_tls_layer = ssl_object
+                assert self.session is not None
+                self.session.ssl = {"ssl_object": ssl_object, "cipher": transport.get_extra_info("cipher")}
+
+    async def push(self, status: str | bytes) -> None:
+        reply = status.encode("utf-8") if isinstance(status, str) else status
+        if not self._greeted:
+            self._greeted = True  # the 220 greeting
+        elif not self._raw_replies:
+            reply = add_enhanced_code(reply)
+        await super().push(reply)
+
+    async def smtp_EHLO(self, hostname: str) -> None:
+        self._raw_replies = True
+        try:
+            await super().smtp_EHLO(hostname)
+        finally:
+            self._raw_replies = False
+
+    async def smtp_HELO(self, hostname: str) -> None:
+        self._raw_replies = True
+        try:
+            await super().smtp_HELO(hostname)
+        finally:
+            self._raw_replies = False
+
+    def _create_session(self) -> Session:
+        return SubmissionSession(self.loop)
+
+    @property
+    def peer_ip(self) -> str:
+        peer = self.session.peer if self.session is not None else None
+        return str(peer[0]) if isinstance(peer, tuple) and peer else ""
+
+    async def gateway_authenticate(self, credentials: PasswordCredentials | BearerCredentials,
+                                   mechanism: str) -> Any:
+        return await self.gateway.authenticate(credentials, mechanism, self.peer_ip, self.session_id)
+
+
+class GatewayHandler:
+    """aiosmtpd's hooks: each returns the reply (mailgw.model.Verdict.reply where the
+    policy decided)."""
+
+    def __init__(self, gateway: Gateway) -> None:
+        self.gateway = gateway
+
+    async def handle_EHLO(self, server: SubmissionSMTP, session: Session, envelope: Envelope,
+                          hostname: str, responses: list[str]) -> list[str]:
+        session.host_name = hostname
+        lines = [line[4:] for line in responses]
+        extra = ["PIPELINING", "ENHANCEDSTATUSCODES"]
+        keywords = [*lines[1:-1], *extra, *lines[-1:]] if lines[-1:] == ["HELP"] else [*lines[1:], *extra]
+        lines = [lines[0], *keywords]
+        return [f"250-{line}" for line in lines[:-1]] + [f"250 {lines[-1]}"]
+
+    async def handle_MAIL(self, server: SubmissionSMTP, session: Session, envelope: Envelope,
+                          address: str, mail_options: list[str]) -> str:
+        sender: Sender = session.auth_data
+        verdict = self.gateway.check_sender(address, sender)
+        if verdict.action is Action.REFUSE:
+            await self.gateway.audit_refusal(server, sender, verdict, stage="mail_from", recipients=0)
+            return verdict.reply
+        envelope.mail_from = address
+        envelope.mail_options.extend(mail_options)
+        return REPLY_SENDER_OK
+
+    async def handle_RCPT(self, server: SubmissionSMTP, session: Session, envelope: Envelope,
+                          address: str, rcpt_options: list[str]) -> str:
+        sender: Sender = session.auth_data
+        verdict = self.gateway.check_recipient(address, sender, len(envelope.rcpt_tos))
+        if verdict.action is Action.REFUSE:
+            await self.gateway.audit_refusal(server, sender, verdict, stage="rcpt_to",
+                                             recipients=len(envelope.rcpt_tos))
+            return verdict.reply
+        envelope.rcpt_tos.append(address)
+        envelope.rcpt_options.extend(rcpt_options)
+        return REPLY_RECIPIENT_OK
+
+    async def handle_DATA(self, server: SubmissionSMTP, session: Session, envelope: Envelope) -> str:
+        submission = Submission(
+            mail_from=envelope.mail_from or "", rcpt_tos=list(envelope.rcpt_tos),
+            data=envelope.original_content or b"", sender=session.auth_data, peer_ip=server.peer_ip,
+            helo=session.host_name or "", smtputf8=envelope.smtp_utf8, received_at=time.time(),
+            session_id=server.session_id)
+        return await self.gateway.submit(submission)
+
+    async def handle_exception(self, error: Exception) -> str:
+        # Logged for operators; the client gets no internals (aiosmtpd would send the text).
+        log.error("SMTP session error", exc_info=error)
+        return REPLY_TEMPORARY
+
+
+@dataclass
+class Listener:
+    kind: str  # "submission" (STARTTLS) or "smtps" (implicit TLS)
+    host: str
+    port: int
+
+
+class Gateway:
+    """The listeners and what a session needs: identity (MailIdentity), the audit log, and
+    the parts of the other gateway modules (policy pipeline, quarantine, signer, queue);
+    a part that is None is skipped (policy, signing) or answered 451 (queue)."""
+
+    def __init__(self, config: Any, identity: Any, audit: Any, *, pipeline: Any = None,
+                 quarantine: Any = None, signer: Any = None, queue: Any = None,
+                 workers: int = 32) -> None:
+        self.config = config
+        self.identity = identity
+        self.audit = audit
+        self.pipeline = pipeline
+        self.quarantine = quarantine
+        self.signer = signer
+        self.queue = queue
+        self.issuer: str = config.issuer
+        self.hostname = config["mailgw.hostname"] or socket.getfqdn()
+        self.handler = GatewayHandler(self)
+        self.executor = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="mailgw")
+        self.tls_context = tls_context(config)
+        self.listeners: list[Listener] = []
+        self._servers: list[asyncio.base_events.Server] = []
+
+    def __repr__(self) -> str:
+        return f"Gateway(listeners={self.listeners!r})"
+
+    # -- listeners ----------------------------------------------------------------------------
+    def _protocol(self, *, implicit_tls: bool) -> SubmissionSMTP:
+        return SubmissionSMTP(
+            self, implicit_tls=implicit_tls,
+            tls_context=None if implicit_tls else self.tls_context, require_starttls=not implicit_tls,
+            hostname=self.hostname, ident="congvu mail gateway",
+            data_size_limit=self.config["mailgw.max_message_bytes"], enable_SMTPUTF8=True,
+            decode_data=False, timeout=self.config["mailgw.session_timeout"],
+            auth_required=True, auth_require_tls=True, command_call_limit=CALL_LIMITS,
+            loop=asyncio.get_running_loop())
+
+    async def start(self) -> list[Listener]:
+        loop = asyncio.get_running_loop()
+        address = self.config["mailgw.listen_address"]
+        for kind, port, implicit in (("submission", self.config["mailgw.submission_port"], False),
+                                     ("smtps", self.config["mailgw.smtps_port"], True)):
+            if not port:
+                continue
+            server = await loop.create_server(
+                lambda implicit=implicit: self._protocol(implicit_tls=implicit), address, port,
+                ssl=self.tls_context if implicit else None, reuse_address=True)
+            self._servers.append(server)
+            bound = server.sockets[0].getsockname()
+            self.listeners.append(Listener(kind, str(bound[0]), int(bound[1])))
+        return self.listeners
+
+    async def stop(self) -> None:
+        for server in self._servers:
+            server.close()
+        for server in self._servers:
+            await server.wait_closed()
+        self._servers.clear()
+        self.executor.shutdown(wait=True)
+
+    async def _blocking(self, function: Callable[..., Any], *args: Any) -> Any:
+        return await asyncio.get_running_loop().run_in_executor(self.executor, function, *args)
+
+    # -- authentication -------------------------------------------------------------------------
+    async def authenticate(self, credentials: PasswordCredentials | BearerCredentials, mechanism: str,
+                           peer_ip: str, session_id: str) -> Any:
+        """Check the credentials (in a worker thread) and audit the attempt. None: the
+        official's directory cannot answer now (a temporary failure, not counted)."""
+        from identity.mail_service import DirectoryUnavailableError
+
+        def check() -> Any:
+            if isinstance(credentials, PasswordCredentials):
+                return self.identity.authenticate_password(credentials.login, credentials.password,
+                                                           peer_ip=peer_ip)
+            return self.identity.authenticate_token(credentials.token, peer_ip=peer_ip,
+                                                    method=mechanism.lower(), claimed_user=credentials.user)
+
+        try:
+            outcome = await self._blocking(check)
+        except DirectoryUnavailableError as error:
+            await self._audit(AuditEntry("mail.auth", "failure", source_ip=peer_ip, request_id=session_id,
+                                         reason="directory.unavailable",
+                                         details={"mechanism": mechanism, "directory": error.directory}))
+            return None
+        details: dict[str, Any] = {"mechanism": mechanism, **outcome.details}
+        if outcome.sender is not None:
+            details["method"] = outcome.sender.method
+        entries = [AuditEntry("mail.auth", "success" if outcome.sender else "failure", actor_sub=outcome.sub,
+                              actor_username=outcome.username, source_ip=peer_ip, request_id=session_id,
+                              reason=outcome.reason, details=details)]
+        if outcome.locked_now:
+            entries.append(AuditEntry("account.locked", "success", target=outcome.username,
+                                      actor_sub=outcome.sub, source_ip=peer_ip, request_id=session_id,
+                                      reason="lockout.locked", details={"via": "smtp"}))
+        await self._audit(*entries)
+        return outcome
+
+    # -- policy ---------------------------------------------------------------------------------
+    def check_sender(self, mail_from: str, sender: Sender) -> Verdict:
+        if self.pipeline is not None:
+            return self.pipeline.check_sender(mail_from, sender)
+        if mail_from.lower() not in sender.addresses:
+            return Verdict.refuse("mail.sender_not_owned", 550, "5.7.1",
+                                  "Sender address not owned by the authenticated user")
+        return Verdict.accept()
+
+    def check_recipient(self, rcpt: str, sender: Sender, accepted_so_far: int) -> Verdict:
+        if self.pipeline is not None:
+            return self.pipeline.check_recipient(rcpt, sender, accepted_so_far)
+        return Verdict.accept()
+
+    # -- end of DATA ----------------------------------------------------------------------------
+    async def submit(self, submission: Submission) -> str:
+        """Judge, then hold, refuse or sign and queue; the reply only once it is durable."""
+        if self.queue is None:
+            return REPLY_TEMPORARY
+        judged = await self._blocking(self._judge_and_sign, submission)
+        verdict, data = judged
+        details: dict[str, Any] = {"recipients": len(submission.rcpt_tos), "size": len(submission.data),
+                                   "enhanced_status": verdict.enhanced, **verdict.details}
+        if verdict.action is Action.REFUSE:
+            await self._audit_decision("mail.refused", "failure", submission, verdict, details)
+            return verdict.reply
+        if verdict.action is Action.QUARANTINE:
+            details["quarantine_id"] = await self._blocking(self.quarantine.hold, submission, verdict)
+            await self._audit_decision("mail.quarantined", "success", submission, verdict, details)
+            return REPLY_HELD
+        queue_id = await self.queue.enqueue_async(submission.mail_from, submission.rcpt_tos, data,
+                                                  sender_sub=submission.sender.sub,
+                                                  received_at=submission.received_at)
+        details["queue_id"] = queue_id
+        await self._audit_decision("mail.accepted", "success", submission, verdict, details)
+        return REPLY_QUEUED.format(queue_id=queue_id)
+
+    def _judge_and_sign(self, submission: Submission) -> tuple[Verdict, bytes]:
+        verdict = self.pipeline.judge(submission) if self.pipeline is not None else Verdict.accept()
+        if verdict.action is not Action.ACCEPT or self.signer is None:
+            return verdict, submission.data
+        domain = submission.mail_from.rpartition("@")[2].lower()
+        try:
+            data = self.signer.sign(submission.data, sender_domain=domain,
+                                    sender_address=submission.mail_from, encrypt_for=verdict.encrypt_for)
+        except Exception as error:  # noqa: BLE001 - a refusal the signer names (SigningError)
+            refusal = getattr(error, "verdict", None)
+            if isinstance(refusal, Verdict):
+                return refusal, submission.data
+            raise
+        return verdict, data
+
+    # -- audit ----------------------------------------------------------------------------------
+    async def _audit(self, *entries: AuditEntry) -> None:
+        # Written before the reply; appends of concurrent sessions share one transaction
+        # (the audit log's group commit).
+        await self._blocking(self.audit.append_many, list(entries))
+
+    async def _audit_decision(self, event: str, outcome: str, submission: Submission, verdict: Verdict,
+                              details: dict[str, Any]) -> None:
+        await self._audit(AuditEntry(event, outcome, actor_sub=submission.sender.sub,
+                                     actor_username=submission.sender.username, source_ip=submission.peer_ip,
+                                     request_id=submission.session_id, reason=verdict.reason,
+                                     details=details))
+
+    async def audit_refusal(self, server: SubmissionSMTP, sender: Sender, verdict: Verdict, *, stage: str,
+                            recipients: int) -> None:
+        await self._audit(AuditEntry("mail.refused", "failure", actor_sub=sender.sub,
+                                     actor_username=sender.username, source_ip=server.peer_ip,
+                                     request_id=server.session_id, reason=verdict.reason,
+                                     details={"stage": stage, "recipients": recipients,
+                                              "enhanced_status": verdict.enhanced, **verdict.details}))
+
+
+# -- TLS ----------------------------------------------------------------------------------------
+def tls_context(config: Any) -> ssl.SSLContext:
+    """The listeners' server context: the configured certificate, or a self-signed one
+    made once into the instance folder (demos and tests; a warning says so)."""
+    cert_file, key_file = config["mailgw.tls_cert_file"], config["mailgw.tls_key_file"]
+    if cert_file:
+        cert = _instance_path(config, cert_file)
+        key = _instance_path(config, key_file) if key_file else None
+    else:
+        cert, key = self_signed_certificate(Path(config.data_dir) / "mailgw-tls",
+                                            config["mailgw.hostname"] or socket.getfqdn())
+        log.warning("mail gateway: self-signed TLS certificate %s; set mailgw.tls_cert_file in production",
+                    cert)
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.minimum_version = ssl.TLSVersion.TLSv1_2
+    context.load_cert_chain(str(cert), str(key) if key else None)
+    return context
+
+
+def _instance_path(config: Any, value: str) -> Path:
+    path = Path(value)
+    return path if path.is_absolute() else Path(config.data_dir) / path
+
+
+def self_signed_certificate(folder: Path, hostname: str) -> tuple[Path, Path]:
+    """A P-256 certificate for `hostname`, localhost and 127.0.0.1, made once."""
+    cert_path, key_path = folder / "cert.pem", folder / "key.pem"
+    if cert_path.exists() and key_path.exists():
+        return cert_path, key_path
+    import ipaddress
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    folder.mkdir(parents=True, exist_ok=True)
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, hostname[:64])])
+    now = datetime.datetime.now(datetime.UTC)
+    names: list[x509.GeneralName] = [x509.DNSName(hostname), x509.DNSName("localhost"),
+                                     x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]
+    certificate = (x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(key.public_key())
+                   .serial_number(x509.random_serial_number())
+                   .not_valid_before(now - datetime.timedelta(hours=1))
+                   .not_valid_after(now + datetime.timedelta(days=825))
+                   .add_extension(x509.SubjectAlternativeName(names), critical=False)
+                   .sign(key, hashes.SHA256()))
+    descriptor = os.open(key_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with open(descriptor, "wb") as handle:
+        handle.write(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                       serialization.NoEncryption()))
+    cert_path.write_bytes(certificate.public_bytes(serialization.Encoding.PEM))
+    return cert_path, key_path
+
+
+# -- the process --------------------------------------------------------------------------------
+def build_gateway(services: Any) -> tuple[Gateway, Any]:
+    """The gateway with every part that exists in this checkout, and the delivery worker
+    (or None) that runs beside it in the same process."""
+    from identity.mail_service import MailIdentity
+
+    config = services.config
+    mail_policy = getattr(config, "mail_policy", None)
+    identity = MailIdentity(services, shared_mailboxes=getattr(mail_policy, "shared_addresses_for", None))
+    parts: dict[str, Any] = {}
+    worker = None
+    try:
+        from mailgw.policy import MailPolicyPipeline
+        from mailgw.quarantine import Quarantine
+    except ModuleNotFoundError as missing:
+        log.warning("mail gateway: no policy pipeline (%s)", missing.name)
+    else:
+        parts["pipeline"] = MailPolicyPipeline.from_config(config, services.database)
+        parts["quarantine"] = Quarantine(services.database)
+    try:
+        from mailgw.signing import OutboundSigner
+    except ModuleNotFoundError as missing:
+        log.warning("mail gateway: no signer (%s)", missing.name)
+    else:
+        parts["signer"] = OutboundSigner.from_database(services.database, config, audit_log=services.audit)
+    try:
+        from mailgw.queue import MailQueue
+    except ModuleNotFoundError as missing:
+        log.warning("mail gateway: no queue (%s): mail is answered 451", missing.name)
+    else:
+        parts["queue"] = MailQueue(services.database, config)
+        try:
+            from mailgw.delivery import DeliveryWorker
+        except ModuleNotFoundError:
+            log.warning("mail gateway: no delivery worker")
+        else:
+            worker = DeliveryWorker(parts["queue"], config, services.audit)
+    return Gateway(config, identity, services.audit, **parts), worker
+
+
+async def run_until_stopped(gateway: Gateway, worker: Any, stop: asyncio.Event,
+                            echo: Callable[[str], Any] = print) -> None:
+    for listener in await gateway.start():
+        echo(f"mail gateway: {listener.kind} on {listener.host}:{listener.port}")
+    if worker is not None:
+        worker.start()
+    try:
+        await stop.wait()
+    finally:
+        if worker is not None:
+            worker.stop()
+        await gateway.stop()
+        if gateway.queue is not None and hasattr(gateway.queue, "close"):
+            gateway.queue.close()
+
+
+def serve_forever(services: Any, echo: Callable[[str], Any] = print) -> None:
+    """`congvu mailgw serve`: until SIGTERM or SIGINT."""
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    # aiosmtpd logs every command at INFO: noise, and CPU at hundreds of messages a second.
+    logging.getLogger("mail.log").setLevel(logging.WARNING)
+
+    async def main() -> None:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(signum, stop.set)
+        gateway, worker = build_gateway(services)
+        await run_until_stopped(gateway, worker, stop, echo)
+
+    asyncio.run(main())
