@@ -20,12 +20,11 @@ from sqlalchemy import select
 from wtforms import PasswordField, StringField
 from wtforms.validators import DataRequired, Length
 
-from identity import consents, sso
+from identity import consents, session_admin, sso
 from identity.accounts import password_history, set_password
 from identity.directory.errors import DirectoryUnavailable, PasswordChangeRefused
 from identity.directory.signin import change_directory_password, is_directory_user
-from identity.models import Client, SsoSession, User
-from identity.oidc.tokens import active_grants_for_session
+from identity.models import SsoSession, User
 from identity.passkeys import PasskeyError
 from identity.password_messages import password_message
 from identity.services import audit_event, db, services
@@ -73,19 +72,12 @@ def _audit(active: sso.ActiveSession, event: str, **details: Any) -> None:
 @signed_in
 def overview(active: sso.ActiveSession) -> Response:
     mfa = services().mfa
-    rows = db().scalars(select(SsoSession).where(SsoSession.user_id == active.user.id,
-                                                 SsoSession.ended_at.is_(None))
-                        .order_by(SsoSession.created_at.desc())).all()
-    policy = services().config.session_policy
-    now = time.time()
-    sessions = []
-    for row in rows:
-        if not policy.check(now=now, started_at=row.created_at, last_seen_at=row.last_seen_at):
-            continue
-        client_ids = {grant.client_id for grant in active_grants_for_session(db(), row.sid)}
-        names = sorted(db().scalars(select(Client.name).where(Client.client_id.in_(client_ids))).all()
-                       ) if client_ids else []
-        sessions.append({"row": row, "current": row.sid == active.row.sid, "applications": names})
+    # The same listing administrators and auditors see (identity/session_admin.py): each
+    # open session with the applications signed in under it, in one query for all.
+    sessions = session_admin.describe_sessions(
+        db(), session_admin.active_sessions(db(), active.user, services().config.session_policy))
+    for item in sessions:
+        item["current"] = item["sid"] == active.row.sid
     return Response(render_template(
         "account.html", active=active, totp=mfa.has_confirmed_totp(db(), active.user),
         passkeys=services().passkeys.credentials(db(), active.user),
@@ -331,15 +323,17 @@ def end_session(active: sso.ActiveSession, sid: str) -> Response:
 @bp.post("/account/consents/<client_id>/revoke")
 @signed_in
 def revoke_consent(active: sso.ActiveSession, client_id: str) -> Response:
-    """Withdraw a third-party application's access: its grants (and tokens) end now, and
-    the next sign-in there shows the consent screen again. Only the official's own
+    """Withdraw a third-party application's access: its grants (and tokens) end now, it is
+    told over the back channel to sign the official out, and the next sign-in there shows
+    the consent screen again. Only the official's own
     consents are found here; any other client id is "not found"."""
-    ended = consents.revoke(db(), active.user, client_id[:128])
-    if ended is None:
+    revoked = consents.revoke(db(), active.user, client_id[:128])
+    if revoked is None:
         abort(404)
     audit_event("consent.revoked", "success", only_if_committed=True, actor_sub=active.user.sub,
                 actor_username=active.user.username, target=active.user.username, client_id=client_id[:128],
-                reason="consent.revoked_by_user", details={"grants_ended": len(ended)})
+                reason="consent.revoked_by_user",
+                details={"grants_ended": len(revoked.grant_ids), "sessions_told": revoked.sids})
     flash(_("The application's access was withdrawn. It will ask for your permission again."), "info")
     return redirect(url_for("account.overview"), 303)
 

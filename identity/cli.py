@@ -170,68 +170,40 @@ def serve(obj: Context, bind: str, workers: int, worker_class: str, threads: int
     _run_gunicorn(lambda: create_app(config), bind, workers, worker_class, threads)
 
 
-DEMO_PASSWORD = "Thu-nghiem-2026!"  # noqa: S105 - a published demo password, loopback only
-DEMO_RP_PORT = 5001
-
-
 @main.command()
 @click.option("--port", default=5000, show_default=True, type=click.IntRange(1, 65535))
 @pass_context
 def demo(obj: Context, port: int) -> None:
-    """The whole platform on embedded defaults, on 127.0.0.1, with demo accounts."""
+    """The whole platform on embedded defaults, on 127.0.0.1, with demo accounts and the
+    example applications' clients registered (identity/demo.py)."""
     os.environ.setdefault("CONGVU_ISSUER", f"http://127.0.0.1:{port}")
     if obj.data_dir is None:
         obj.data_dir = os.path.abspath("instance/demo")
-    from identity.accounts import create_user, find_user
     from identity.app import create_app, prepare_instance
-    from identity.clients import register_client, rotate_secret
-    from identity.models import Client
+    from identity.demo import DEMO_PASSWORD, demo_applications, prepare_demo
 
     services = obj.services
     prepare_instance(services)
-    rp_base = f"http://127.0.0.1:{DEMO_RP_PORT}"
-    with services.database.session() as session:
-        for username, name, groups, admin in (
-            ("canbo.demo", "Nguyễn Thị Hương", ["so-noi-vu", "can-bo"], False),
-            ("quantri.demo", "Trần Văn Quản", ["quan-tri"], True),
-        ):
-            if find_user(session, username) is None:
-                create_user(session, services.passwords, username=username, password=DEMO_PASSWORD,
-                            name=name, given_name=name.split()[-1], family_name=name.split()[0],
-                            email=f"{username.replace('.', '-')}@phutho.gov.vn", groups=groups,
-                            is_admin=admin)
-        client = session.get(Client, "demo-rp")
-        if client is None:
-            secret = register_client(
-                session, services.secret_hasher, name="Ứng dụng mẫu (demo)", client_id="demo-rp",
-                redirect_uris=[f"{rp_base}/callback"],
-                post_logout_redirect_uris=[f"{rp_base}/"],
-                grant_types=["authorization_code", "refresh_token"]).client_secret
-        else:
-            secret = rotate_secret(session, services.secret_hasher, client)
-        # What the application portal (/portal) shows; kept if an administrator changed it.
-        from identity.client_settings import apply_client_settings
-
-        client = session.get(Client, "demo-rp")
-        if client is not None and not client.description:
-            apply_client_settings(client, {
-                "description": "Ứng dụng mẫu dùng đăng nhập một lần: xem thông tin tài khoản mà "
-                               "ứng dụng nhận được.",
-                "client_uri": f"{rp_base}/", "initiate_login_uri": f"{rp_base}/login"})
+    applications = demo_applications()
+    client_secrets = prepare_demo(services, applications)
     issuer = services.config.issuer
+    starts = "\n".join(f"  # {app.name}: {app.base_url}/\n"
+                       f"  {app.start_command(issuer, client_secrets[app.client_id])}"
+                       for app in applications)
     click.echo(f"""
 congvu demo — the identity provider on embedded defaults (SQLite, generated keys)
   data folder      {services.config.data_dir}
   issuer           {issuer}
   discovery        {issuer}/.well-known/openid-configuration
   sign-in page     {issuer}/login
+  portal           {issuer}/portal
   official         canbo.demo / {DEMO_PASSWORD}
   administrator    quantri.demo / {DEMO_PASSWORD}
-  demo app         client_id demo-rp, client_secret {secret}
-                   redirect_uri {rp_base}/callback
 
-Run the example application in a second terminal, then open {rp_base}/ :
-  CONGVU_ISSUER={issuer} DEMO_CLIENT_SECRET={secret} .venv/bin/python examples/demo_rp/app.py
+The example applications are registered (new client secrets at every start). Run each in a
+terminal of its own, from the repository root, then open it; examples/README.md walks
+through single sign-on and single logout with "Quản lý văn bản" and "Một cửa":
+{starts}
 """)
     config = services.config
     # gthread: a browser talks to the demo directly, with keep-alive and no proxy in front.

@@ -10,9 +10,8 @@ from __future__ import annotations
 import re
 from collections.abc import Mapping
 from typing import Any
-from urllib.parse import urlsplit
 
-from identity.clients import ClientRegistrationError, _is_loopback_ip
+from identity.clients import ClientRegistrationError, _is_loopback_ip, split_uri
 from identity.models import Client
 from identity.sso import ACR_MULTI_FACTOR, ACR_SINGLE_FACTOR
 from policies.access import ROLES
@@ -32,14 +31,7 @@ def web_uri(value: Any, field: str) -> str | None:
     in links and images of the portal, so no other scheme (javascript:, data:) gets in."""
     if value is None or value == "":
         return None
-    if not isinstance(value, str) or len(value) > MAX_URI or value != value.strip() or any(
-            ord(c) < 0x21 for c in value):
-        raise ClientRegistrationError(field, "must be a URL without spaces or control characters")
-    try:
-        parts = urlsplit(value)
-        parts.port  # noqa: B018 - raises ValueError on a malformed port
-    except ValueError:
-        raise ClientRegistrationError(field, f"not a valid URL: {value!r}") from None
+    parts = split_uri(value, field, max_length=MAX_URI)
     if not re.fullmatch(r"[A-Za-z0-9.\-\[\]:]+", parts.netloc):
         # Hosts (punycode), IP literals and ports only: the origin goes into the portal's
         # Content-Security-Policy, where a ";" or user information must never get in.

@@ -11,7 +11,7 @@ import ipaddress
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import SplitResult, urlsplit, urlunsplit
 
 from authlib.oauth2.rfc6749 import ClientMixin, list_to_scope, scope_to_list
 from joserfc.errors import JoseError
@@ -49,16 +49,26 @@ def _is_loopback_ip(host: str | None) -> bool:
         return False
 
 
-def validate_redirect_uri(uri: str, field: str = "redirect_uri") -> str:
-    """Accept https URIs, http on a loopback IP literal, and private-use schemes of
-    native apps (reverse domain names such as `vn.gov.phutho.app:/cb`)."""
-    if not uri or uri != uri.strip() or any(ord(c) < 0x21 for c in uri):
+def split_uri(uri: str, field: str, *, max_length: int | None = None) -> SplitResult:
+    """The parts of a registered URI, refused when it has spaces or control characters
+    (they would be read differently by the next parser) or a malformed port. Shared by
+    every URI a client registers: redirect and logout URIs here, portal links in
+    identity/client_settings.py; each then applies its own scheme rules."""
+    if (not isinstance(uri, str) or not uri or uri != uri.strip() or any(ord(c) < 0x21 for c in uri)
+            or (max_length is not None and len(uri) > max_length)):
         raise ClientRegistrationError(field, "must be a URI without spaces or control characters")
     try:
         parts = urlsplit(uri)
         parts.port  # noqa: B018 - raises ValueError on a malformed port
     except ValueError:
         raise ClientRegistrationError(field, f"not a valid URI: {uri!r}") from None
+    return parts
+
+
+def validate_redirect_uri(uri: str, field: str = "redirect_uri") -> str:
+    """Accept https URIs, http on a loopback IP literal, and private-use schemes of
+    native apps (reverse domain names such as `vn.gov.phutho.app:/cb`)."""
+    parts = split_uri(uri, field)
     scheme = parts.scheme.lower()
     if not scheme:
         raise ClientRegistrationError(field, f"must be an absolute URI: {uri!r}")
@@ -89,13 +99,7 @@ def validate_logout_uri(uri: str | None, field: str) -> str | None:
         return None
     if not isinstance(uri, str):
         raise ClientRegistrationError(field, "must be a string")
-    if len(uri) > 2000 or uri != uri.strip() or any(ord(c) < 0x21 for c in uri):
-        raise ClientRegistrationError(field, "must be a URI without spaces or control characters")
-    try:
-        parts = urlsplit(uri)
-        parts.port  # noqa: B018 - raises ValueError on a malformed port
-    except ValueError:
-        raise ClientRegistrationError(field, f"not a valid URI: {uri!r}") from None
+    parts = split_uri(uri, field, max_length=2000)
     if parts.fragment or "#" in uri:
         raise ClientRegistrationError(field, "must not contain a fragment")
     if not parts.hostname or parts.username is not None or parts.password is not None:

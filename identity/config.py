@@ -170,6 +170,10 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("logout.frontchannel_wait_ms", int, 3000,
             "Front-channel logout: how long the signed-out page waits for the applications' "
             "hidden frames before it goes on.", minimum=500, maximum=15000),
+    Setting("logout.keep_days", int, 30,
+            "Back-channel logout: days a sent or given-up notification stays in the outbox (for "
+            "an operator looking at recent failures) before the background pass deletes it; every "
+            "attempt is in the audit log regardless.", minimum=1, maximum=3650),
     # --- mail gateway: listeners, TLS, SASL (mailgw/server.py, mailgw/auth.py) ---
     Setting("mailgw.hostname", str, "",
             "The gateway's name in its SMTP greeting and EHLO reply (its public DNS name, the "

@@ -1,7 +1,8 @@
 """Remembered consents of third-party clients: given once on the consent screen, kept
 until the official revokes them on /account. Revoking also ends every grant the client
-holds for them (refresh tokens at once, access tokens at the next introspection), so
-the application must ask again, and the screen shows again."""
+holds for them (refresh tokens at once, access tokens at the next introspection) and
+sends the application a back-channel logout for each session it was signed in under, so
+the application signs the official out now and must ask again: the screen shows again."""
 
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from identity.models import Client, Consent, Grant, User
+from identity.oidc.logout import enqueue_client_logout
 from identity.oidc.tokens import revoke_grant
 
 
@@ -49,15 +51,26 @@ def list_for(session: Session, user: User) -> list[ConsentView]:
                         consent.granted_at) for consent, name in rows]
 
 
-def revoke(session: Session, user: User, client_id: str) -> list[str] | None:
-    """Forget the consent and end the client's grants for this official; returns the grant
-    ids ended, or None when there was no such consent (nothing is changed then)."""
+@dataclass(frozen=True)
+class Revocation:
+    grant_ids: list[str]
+    # The SSO sessions whose sign-in at the application ended: the application is sent a
+    # back-channel logout for each (when it registered a URI), the sessions themselves go on.
+    sids: list[str]
+
+
+def revoke(session: Session, user: User, client_id: str) -> Revocation | None:
+    """Forget the consent, end the client's grants for this official and tell the
+    application (back-channel logout) that its sessions under them have ended; None when
+    there was no such consent (nothing is changed then)."""
     row = session.get(Consent, (user.id, client_id))
     if row is None:
         return None
     session.delete(row)
-    grant_ids = list(session.scalars(select(Grant.id).where(
-        Grant.user_id == user.id, Grant.client_id == client_id, Grant.revoked_at.is_(None))))
-    for grant_id in grant_ids:
-        revoke_grant(session, grant_id, "consent_revoked")
-    return grant_ids
+    grants = session.execute(select(Grant.id, Grant.sid).where(
+        Grant.user_id == user.id, Grant.client_id == client_id, Grant.revoked_at.is_(None))).all()
+    for grant in grants:
+        revoke_grant(session, grant.id, "consent_revoked")
+    sids = enqueue_client_logout(session, client_id, sub=user.sub, reason="consent_revoked",
+                                 sids=[grant.sid for grant in grants if grant.sid])
+    return Revocation([grant.id for grant in grants], sids)

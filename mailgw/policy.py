@@ -4,8 +4,11 @@
 command); `judge` reads the message once (email package, policy.default, bounded work)
 and decides in this order, cheapest first: size, recipients, envelope sender, From:
 (and Sender:) ownership, classification, attachments by real type, DLP patterns, and
-last the per-official rate counters, the one step that touches the database (one short
-transaction of two upserts). A refusal beats a quarantine; the first refusal wins.
+last the per-official rate counters, the one step that touches the database (two
+upserts). The counters of concurrent sessions are raised in one transaction (a group
+commit, as the audit log's): one transaction per message, each waiting its turn for the
+database's writer, capped the gateway at a few hundred messages a second by itself.
+A refusal beats a quarantine; the first refusal wins.
 
 Every decision is a `Verdict` whose reason code comes from policies/mail.py and whose
 SMTP reply comes from REPLIES below, the one table of reply texts (English: SMTP replies
@@ -30,6 +33,7 @@ from typing import Any
 
 from sqlalchemy import text
 
+from identity.audit.group_commit import GroupCommit
 from identity.db import Database
 from mailgw.attachments import ArchiveBudget, inspect_part
 from mailgw.model import Action, Sender, Submission, Verdict
@@ -77,6 +81,10 @@ _RAISE_COUNTER = text(
     "RETURNING recipients")
 _COUNTER = text("SELECT recipients FROM mail_rate_counters "
                "WHERE sender_sub = :sub AND window_seconds = :seconds AND window_start = :start")
+_LOWER_COUNTER = text("UPDATE mail_rate_counters SET recipients = recipients - :count "
+                      "WHERE sender_sub = :sub AND window_seconds = :seconds AND window_start = :start")
+_DROP_EMPTY_COUNTER = text("DELETE FROM mail_rate_counters WHERE sender_sub = :sub "
+                           "AND window_seconds = :seconds AND window_start = :start AND recipients <= 0")
 _PRUNE_COUNTERS = text("DELETE FROM mail_rate_counters WHERE window_start < :before")
 
 _HEADERS = HeaderRegistry()
@@ -152,6 +160,8 @@ class MailPolicyPipeline:
         self._limited: dict[str, float] = {}
         self._lock = threading.Lock()
         self._pruned_at = 0.0
+        # (sub, recipients, now) → 0 when counted, else the window (seconds) that is full.
+        self._counters = GroupCommit(self._raise_counters, max_records=256)
 
     @classmethod
     def from_config(cls, config: Any, database: Database) -> MailPolicyPipeline:
@@ -328,34 +338,36 @@ class MailPolicyPipeline:
         neither: a refusal when either would be passed."""
         policy = self.policy
         now = self._clock()
-        starts = window_starts(now)
         windows = [(seconds, limit) for seconds, limit in ((HOUR, policy.recipients_per_hour),
                                                            (DAY, policy.recipients_per_day)) if limit]
         if not windows:
             return None
-        with self.database.engine.connect() as connection:
+        full_window = self._counters.submit([(sub, recipients, now)])[0]
+        if not full_window:
+            return None
+        limit = dict(windows)[full_window]
+        name = "hour" if full_window == HOUR else "day"
+        code, enhanced, _reply = REPLIES["mail.rate_limited"]
+        return Verdict.refuse("mail.rate_limited", code, enhanced,
+                              f"Sending limit of {limit} recipients per {name} reached, try again later",
+                              details={"window": name, "limit": limit})
+
+    def _raise_counters(self, take: Callable[[], list[Any]]) -> list[int]:
+        """The group commit's writer: every queued request's counters in one transaction.
+        Returns, per request, 0 (counted) or the window whose limit it would pass (then
+        none of its counters is raised)."""
+        from mailgw.queue import write_turn
+
+        results: list[int] = []
+        with write_turn(self.database), self.database.engine.connect() as connection:
             transaction = connection.begin()
             try:
                 if self._postgresql:
-                    # A counter lost in a crash costs nothing worth an fsync per message.
+                    # A counter lost in a crash costs nothing worth an fsync per batch.
                     connection.exec_driver_sql("SET LOCAL synchronous_commit TO OFF")
-                for seconds, limit in windows:
-                    raised = recipients <= limit and connection.execute(_RAISE_COUNTER, {
-                        "sub": sub, "seconds": seconds, "start": starts[seconds], "count": recipients,
-                        "limit": limit}).first() is not None
-                    if not raised:
-                        full = connection.execute(_COUNTER, {"sub": sub, "seconds": seconds,
-                                                             "start": starts[seconds]}).scalar() or 0
-                        transaction.rollback()
-                        if full >= limit:  # not just this message too large for what is left
-                            with self._lock:
-                                self._limited[sub] = max(self._limited.get(sub, 0.0),
-                                                         starts[seconds] + seconds)
-                        name = "hour" if seconds == HOUR else "day"
-                        code, enhanced, _reply = REPLIES["mail.rate_limited"]
-                        return Verdict.refuse("mail.rate_limited", code, enhanced,
-                                              f"Sending limit of {limit} recipients per {name} reached, "
-                                              "try again later", details={"window": name, "limit": limit})
+                now = 0.0
+                for sub, recipients, now in (request for items in take() for request in items):
+                    results.append(self._raise_one(connection, sub, recipients, now))
                 if now - self._pruned_at >= PRUNE_EVERY:
                     self._pruned_at = now
                     connection.execute(_PRUNE_COUNTERS, {"before": int(now) - RATE_WINDOWS_KEPT})
@@ -364,7 +376,32 @@ class MailPolicyPipeline:
                 if transaction.is_active:
                     transaction.rollback()
                 raise
-        return None
+        return results
+
+    def _raise_one(self, connection: Any, sub: str, recipients: int, now: float) -> int:
+        """One request's counters, both or neither (a raised one is lowered again if the
+        next one is full; the transaction is shared, so no rollback)."""
+        policy = self.policy
+        starts = window_starts(now)
+        raised_windows: list[int] = []
+        for seconds, limit in ((HOUR, policy.recipients_per_hour), (DAY, policy.recipients_per_day)):
+            if not limit:
+                continue
+            key = {"sub": sub, "seconds": seconds, "start": starts[seconds]}
+            if recipients <= limit and connection.execute(
+                    _RAISE_COUNTER, {**key, "count": recipients, "limit": limit}).first() is not None:
+                raised_windows.append(seconds)
+                continue
+            for raised in raised_windows:
+                lowered = {"sub": sub, "seconds": raised, "start": starts[raised], "count": recipients}
+                connection.execute(_LOWER_COUNTER, lowered)
+                connection.execute(_DROP_EMPTY_COUNTER, lowered)  # as if never raised
+            full = connection.execute(_COUNTER, key).scalar() or 0
+            if full >= limit:  # not just this message too large for what is left
+                with self._lock:
+                    self._limited[sub] = max(self._limited.get(sub, 0.0), starts[seconds] + seconds)
+            return seconds
+        return 0
 
 
 def parse_message(data: bytes) -> EmailMessage:

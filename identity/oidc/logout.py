@@ -37,7 +37,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlencode, urlsplit
 
-from sqlalchemy import Engine, event, insert, or_, select, update
+from sqlalchemy import Engine, delete, event, insert, or_, select, update
 from sqlalchemy.orm import Session
 
 from identity.audit.log import AuditEntry
@@ -139,12 +139,34 @@ def enqueue_session_logout(session: Session, row: SsoSession, *, reason: str,
     sub = session.scalar(select(User.sub).where(User.id == row.user_id))
     if sub is None:
         return []
-    session.execute(insert(LogoutNotification), [
-        {"client_id": client_id, "sid": row.sid, "sub": sub, "reason": reason[:64], "state": PENDING,
-         "attempts": 0, "next_attempt_at": now, "created_at": now, "finished_at": None,
-         "last_error": None} for client_id in client_ids])
-    session.info[_ENQUEUED] = True
+    _write_outbox(session, [(client_id, row.sid) for client_id in client_ids], sub=sub, reason=reason,
+                  now=now)
     return client_ids
+
+
+def enqueue_client_logout(session: Session, client_id: str, *, sub: str, sids: Iterable[str],
+                          reason: str, now: int | None = None) -> list[str]:
+    """Tell one application that the official's sessions there have ended while the SSO
+    sessions go on (a consent withdrawn: identity.consents.revoke). One outbox row per
+    `sid` when the client has a back-channel logout URI; returns the sids written. Call in
+    the transaction that ends the grants, as enqueue_session_logout."""
+    now = int(time.time()) if now is None else now
+    has_uri = session.scalar(select(Client.backchannel_logout_uri).where(Client.client_id == client_id))
+    sids = sorted(set(sids))
+    if not has_uri or not sids:
+        return []
+    _write_outbox(session, [(client_id, sid) for sid in sids], sub=sub, reason=reason, now=now)
+    return sids
+
+
+def _write_outbox(session: Session, targets: list[tuple[str, str]], *, sub: str, reason: str,
+                  now: int) -> None:
+    """One pending row per (client id, sid), due now; the commit wakes the dispatcher."""
+    session.execute(insert(LogoutNotification), [
+        {"client_id": client_id, "sid": sid, "sub": sub, "reason": reason[:64], "state": PENDING,
+         "attempts": 0, "next_attempt_at": now, "created_at": now, "finished_at": None,
+         "last_error": None} for client_id, sid in targets])
+    session.info[_ENQUEUED] = True
 
 
 # After the ending transaction commits, the process's dispatcher for that database is
@@ -410,6 +432,7 @@ class LogoutDispatcher:
     def background_pass(self) -> None:
         sweep_expired_sessions(self.services)
         self.run_once()
+        prune_finished(self.services)
 
     def stop(self, timeout: float = 10) -> None:
         """Stop the thread and the pools (sends under way finish, bounded by the timeout)."""
@@ -480,6 +503,26 @@ def sweep_expired_sessions(services: Services, *, now: int | None = None, limit:
     return [sid for sid, _owner, _reason in ended]
 
 
+# -- forgetting finished notifications --------------------------------------------------------
+def prune_finished(services: Services, *, now: int | None = None) -> int:
+    """Delete the rows sent or given up more than `logout.keep_days` ago; returns how many.
+    Without this the outbox grows by one row per application at every sign-out, for ever.
+    What happened stays in the audit log (`logout.backchannel`, one record per attempt);
+    the rows are kept a while only so that an operator can look at recent failures.
+
+    A finished row's `next_attempt_at` is its `finished_at` (after_attempt sets both to the
+    moment it finished), so the delete walks the (state, next_attempt_at) index that the
+    dispatcher's scan uses, on every poll, without a second index."""
+    now = int(time.time()) if now is None else now
+    cutoff = now - services.config["logout.keep_days"] * 86400
+    with services.database.session() as session:
+        result = session.execute(
+            delete(LogoutNotification)
+            .where(LogoutNotification.state.in_((SENT, FAILED)), LogoutNotification.next_attempt_at < cutoff)
+            .execution_options(synchronize_session=False))
+        return result.rowcount or 0
+
+
 def pending_count(session: Session) -> int:
     from sqlalchemy import func
 
@@ -489,11 +532,12 @@ def pending_count(session: Session) -> int:
 
 def dispatch_now(dispatcher: LogoutDispatcher, *, wait_seconds: float | None = None) -> tuple[int, int]:
     """One pass from the command line: end timed-out sessions, send what is due, wait for
-    the answers. Returns (sent, delivered) counted over the pass."""
+    the answers, forget old finished rows. Returns (sent, delivered) counted over the pass."""
     sent, delivered = dispatcher.sent, dispatcher.delivered
     sweep_expired_sessions(dispatcher.services)
     dispatcher.run_once()
     dispatcher.wait_idle(timeout=wait_seconds)
+    prune_finished(dispatcher.services)
     return dispatcher.sent - sent, dispatcher.delivered - delivered
 
 

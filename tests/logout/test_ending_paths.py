@@ -146,3 +146,36 @@ def test_a_timed_out_session_found_by_its_browser_is_told_once(instance, receive
     told(instance, receiver, sid, "session.idle_timeout")
     assert sweep_expired_sessions(instance.services) == []
     assert len(outbox(instance)) == 1
+
+
+def test_withdrawing_consent_signs_the_official_out_of_that_application_only(instance, receivers) -> None:  # type: ignore[no-untyped-def]
+    """A third-party application whose access the official withdraws on /account is sent a
+    logout token for the session it was signed in under; the SSO session, and the other
+    applications under it, go on."""
+    from tests.mfa.flows import account_csrf, callback_params, redeem
+    from tests.mfa.flows import authorize as authorize_with_scopes
+    from tests.portal.test_consent import allow_on_consent_screen
+
+    partner_receiver, other_receiver = receivers("ok"), receivers("ok")
+    instance.add_user("canbo")
+    partner_id, secret = instance.add_client(name="Ứng dụng đối tác", first_party=False,
+                                             backchannel_logout_uri=partner_receiver.uri)
+    other_id, _ = instance.add_client(backchannel_logout_uri=other_receiver.uri)
+    browser = sign_in(instance)
+    authorize(instance, browser, other_id)
+    screen, verifier, _nonce = authorize_with_scopes(browser, partner_id)
+    params = callback_params(allow_on_consent_screen(browser, screen))
+    redeem(browser, partner_id, secret, params["code"], verifier)
+    sid = current_sid(instance)
+
+    answer = browser.post(f"/account/consents/{partner_id}/revoke",
+                          data={"csrf_token": account_csrf(browser)})
+    assert answer.status_code == 303
+    told(instance, partner_receiver, sid, "consent_revoked")
+    claims = instance.services.tokens.verify_own_jwt(partner_receiver.tokens()[0], typ="logout+jwt")
+    assert claims["aud"] == partner_id
+    assert other_receiver.tokens() == []
+    assert current_sid(instance) == sid  # still signed in at the provider
+    assert browser.get("/account").status_code == 200
+    (record,) = audited(instance, "consent.revoked")
+    assert record.details["sessions_told"] == [sid]
