@@ -6,10 +6,11 @@ on PostgreSQL.
     .venv/bin/python bench/run_audit.py [--records 1000000] [--repeat 3] [--backends sqlite,postgresql]
 
 Scenarios (each on each backend, in a database made for the run and removed after it):
-  appends  --writers processes (spawned, as gunicorn workers are) append for --seconds
-           with AuditLog.append (and, per --batch, AuditLog.append_many); events/s is
-           the total over the wall time, the median of --repeat runs; the chain is
-           verified after each run.
+  appends  --writers processes (spawned, as gunicorn workers are), each with --threads
+           threads (as a gthread worker serves several requests at once), append for
+           --seconds with AuditLog.append (and, per --batch, AuditLog.append_many); the
+           threads of a process share its group commit. Events/s is the total over the
+           wall time, the median of --repeat runs; the chain is verified after each run.
   verify   --records records written through AuditLog.append_many in batches of
            1,000 (the application's own chaining, with a checkpoint signed by a real
            Ed25519 key every 1,000 records), spread over 90 days; then AuditLog.verify()
@@ -37,6 +38,7 @@ import sqlite3
 import statistics
 import sys
 import tempfile
+import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator
@@ -99,9 +101,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                    help="a PostgreSQL server where databases may be created and dropped "
                         "(env CONGVU_BENCH_DATABASE_URL)")
     p.add_argument("--writers", type=int, default=4, help="concurrent writer processes")
+    p.add_argument("--threads", default="16,8,1",
+                   help="appending threads per writer process, comma-separated: one row each "
+                        "(16, 8: a gunicorn gthread worker serving that many requests at once; "
+                        "1: nothing to group)")
     p.add_argument("--seconds", type=float, default=10, help="length of each append run")
-    p.add_argument("--repeat", type=int, default=3, help="append runs per backend and batch size")
-    p.add_argument("--batch", default="1,4",
+    p.add_argument("--repeat", type=int, default=3, help="append runs per backend and shape")
+    p.add_argument("--batch", default="1",
                    help="events per transaction: 1 = AuditLog.append, more = append_many "
                         "(as a request that records that many events)")
     p.add_argument("--no-pg-diagnostic", dest="pg_diagnostic", action="store_false",
@@ -116,8 +122,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     args.backends = [b for b in BACKENDS if b in args.backends.split(",")]
     args.scenarios = [s for s in SCENARIOS if s in args.scenarios.split(",")]
     args.batch = [int(b) for b in args.batch.split(",") if b.strip()]
-    if not args.backends or not args.scenarios or not args.batch or min(args.batch) < 1:
-        p.error("no backend, no scenario or a bad --batch")
+    args.threads = [int(t) for t in args.threads.split(",") if t.strip()]
+    if (not args.backends or not args.scenarios or not args.batch or min(args.batch) < 1
+            or not args.threads or min(args.threads) < 1):
+        p.error("no backend, no scenario, or a bad --batch or --threads")
     return args
 
 
@@ -350,32 +358,53 @@ class SpreadClock:
 
 
 # -- (a) appends ------------------------------------------------------------------------------
-def append_worker(url: str, master_key_text: str, batch: int, seconds: float, start: Any,
+def append_worker(url: str, master_key_text: str, threads: int, batch: int, seconds: float, start: Any,
                   results: Any, worker: int) -> None:
-    """A writer process: warm up, wait for the others, append for `seconds`."""
+    """A writer process: `threads` threads share one AuditLog (as a gunicorn worker's
+    threads share the app's); warm up, wait for the other processes, append for `seconds`."""
     database = Database(url)
     try:
         audit_log = AuditLog(database, MasterKey.from_text(master_key_text))  # production defaults
-        rng = seeded(worker)
-        population = Population.make(rng, users=500)
-        entries = generate_entries(population, rng, 10_000_000)
-        audit_log.append_many([next(entries)])  # statements compiled, signing key unsealed
+        streams = []
+        for thread in range(threads):
+            rng = seeded(worker * 1000 + thread)
+            streams.append(generate_entries(Population.make(rng, users=500), rng, 10_000_000))
+        audit_log.append_many([next(streams[0])])  # statements compiled, signing key unsealed
+        written = [0] * threads
+        failures: list[BaseException] = []
+
+        def appender(number: int, deadline: float) -> None:
+            entries = streams[number]
+            try:
+                while time.monotonic() < deadline:
+                    if batch == 1:
+                        entry = next(entries)
+                        audit_log.append(entry.event, entry.outcome, actor_sub=entry.actor_sub,
+                                         actor_username=entry.actor_username, target=entry.target,
+                                         client_id=entry.client_id, source_ip=entry.source_ip,
+                                         user_agent=entry.user_agent, request_id=entry.request_id,
+                                         reason=entry.reason, details=entry.details)
+                    else:
+                        audit_log.append_many([next(entries) for _ in range(batch)])
+                    written[number] += batch
+            except BaseException as error:  # noqa: BLE001 - reported through the exit code
+                failures.append(error)
+
         start.wait()
         began, began_cpu = time.monotonic(), time.process_time()
-        deadline = began + seconds
-        written = 0
-        while time.monotonic() < deadline:
-            if batch == 1:
-                entry = next(entries)
-                audit_log.append(entry.event, entry.outcome, actor_sub=entry.actor_sub,
-                                 actor_username=entry.actor_username, target=entry.target,
-                                 client_id=entry.client_id, source_ip=entry.source_ip,
-                                 user_agent=entry.user_agent, request_id=entry.request_id,
-                                 reason=entry.reason, details=entry.details)
-            else:
-                audit_log.append_many([next(entries) for _ in range(batch)])
-            written += batch
-        results.put((worker, written, began, time.monotonic(), time.process_time() - began_cpu))
+        stats_before = (audit_log.group_commit.stats.batches, audit_log.group_commit.stats.records)
+        pool = [threading.Thread(target=appender, args=(number, began + seconds))
+                for number in range(threads)]
+        for thread in pool:
+            thread.start()
+        for thread in pool:
+            thread.join()
+        ended, cpu = time.monotonic(), time.process_time() - began_cpu
+        if failures:
+            raise failures[0]
+        stats = audit_log.group_commit.stats
+        results.put((worker, sum(written), began, ended, cpu, stats.batches - stats_before[0],
+                     stats.records - stats_before[1]))
     finally:
         database.dispose()
 
@@ -387,14 +416,19 @@ class AppendRun:
     rate: float
     other_load: float  # share of the machine used by other processes during the run
     verified: bool
+    per_transaction: float  # records per group-commit transaction, mean over all writers
+    load_average: float  # the machine's 1-minute load average just before the run (as uptime shows)
+    cpu_per_event_us: float  # the writers' CPU, and PostgreSQL's, per event: what the figure costs
 
 
-def append_run(url: str, args: argparse.Namespace, batch: int, writer_url: str | None = None) -> AppendRun:
+def append_run(url: str, args: argparse.Namespace, threads: int, batch: int,
+               writer_url: str | None = None) -> AppendRun:
+    load_average = os.getloadavg()[0]
     context = multiprocessing.get_context("spawn")
     start, results = context.Barrier(args.writers + 1), context.Queue()
     master_key = MasterKey.generate()
-    processes = [context.Process(target=append_worker, args=(writer_url or url, master_key.to_text(), batch,
-                                                             args.seconds, start, results, worker))
+    processes = [context.Process(target=append_worker, args=(writer_url or url, master_key.to_text(), threads,
+                                                             batch, args.seconds, start, results, worker))
                  for worker in range(args.writers)]
     for process in processes:
         process.start()
@@ -418,7 +452,9 @@ def append_run(url: str, args: argparse.Namespace, batch: int, writer_url: str |
     finally:
         database.dispose()
     other = max(0.0, busy - mine) / (wall * (os.cpu_count() or 1))
-    return AppendRun(events, wall, events / wall, other, verified)
+    per_transaction = sum(report[6] for report in reports) / max(1, sum(report[5] for report in reports))
+    return AppendRun(events, wall, events / wall, other, verified, per_transaction, load_average,
+                     1e6 * mine / max(events, 1))
 
 
 # -- (b) verify -------------------------------------------------------------------------------
@@ -615,19 +651,32 @@ def report(args: argparse.Namespace, env: dict[str, str], results: dict[str, Any
     out = [f"## Audit log benchmark ({started})\n", "```sh", command, "```\n"]
     appends = results.get("appends", {})
     if appends:
-        out.append(f"### Appends: {args.writers} writer processes, {args.seconds:g} s per run, "
+        out.append(f"### Appends: {args.writers} writer processes × N threads, {args.seconds:g} s per run, "
                    f"median of {args.repeat}\n")
-        out.append("| backend | events per transaction | events/s (median) | runs | target | "
-                   "other load (max) | chain verified |")
-        out.append("|---|---:|---:|---|---|---:|---|")
-        for backend, by_batch in appends.items():
-            for batch, runs in by_batch.items():
+        out.append("Each process is one app worker (its own AuditLog and group commit), each thread "
+                   "one request at a time that records its event(s) and waits until they are durable. "
+                   "\"per transaction\" is the mean group-commit batch; \"load\" is the 1-minute load "
+                   "average before each run and the share of the machine other processes used during it; "
+                   "\"CPU per event\" is the writers' CPU time (and the PostgreSQL server's) per event, "
+                   "so 2 cores / it is what this machine would give with nothing else running.\n")
+        out.append("| backend | processes × threads | events per call | events/s (median) | runs | "
+                   "per transaction | CPU per event | target | load avg before runs | other load (max) | "
+                   "chain verified |")
+        out.append("|---|---|---:|---:|---|---:|---:|---|---|---:|---|")
+        for backend, by_shape in appends.items():
+            for shape, runs in by_shape.items():
+                threads, batch = (int(part) for part in shape.split("x"))
                 rate = statistics.median(r["rate"] for r in runs)
-                how = "1 (`append`)" if int(batch) == 1 else f"{batch} (`append_many`)"
+                how = "1 (`append`)" if batch == 1 else f"{batch} (`append_many`)"
                 target = (f"≥ {TARGET_APPENDS:,}/s: {verdict(rate >= TARGET_APPENDS)}"
-                          if int(batch) == 1 and backend != PG_DIAGNOSTIC else "–")
+                          if batch == 1 and threads > 1 and backend != PG_DIAGNOSTIC else "–")
                 each = ", ".join(f"{r['rate']:,.0f}" for r in runs)
-                out.append(f"| {backend} | {how} | {rate:,.0f} | {each} | {target} | "
+                loads = ", ".join(f"{r['load_average']:.1f}" for r in runs)
+                per_transaction = statistics.median(r["per_transaction"] for r in runs)
+                cpu_each = statistics.median(r["cpu_per_event_us"] for r in runs)
+                out.append(f"| {backend} | {args.writers} × {threads} | {how} | {rate:,.0f} | {each} | "
+                           f"{per_transaction:.1f} | "
+                           f"{cpu_each:.0f} µs | {target} | {loads} | "
                            f"{100 * max(r['other_load'] for r in runs):.0f}% | "
                            f"{'yes' if all(r['verified'] for r in runs) else 'NO'} |")
         out.append("")
@@ -698,20 +747,25 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if "appends" in args.scenarios:
             results["appends"] = {}
-            setups = [(backend, backend, batch, None) for backend in args.backends for batch in args.batch]
+            setups = [(backend, backend, threads, batch, None) for backend in args.backends
+                      for threads in args.threads for batch in args.batch]
             if args.pg_diagnostic and "postgresql" in args.backends:
-                setups.append(("postgresql", PG_DIAGNOSTIC, 1, "options=-c synchronous_commit=off"))
-            for backend, label, batch, connect_options in setups:
+                setups.append(("postgresql", PG_DIAGNOSTIC, max(args.threads), 1,
+                               "options=-c synchronous_commit=off"))
+            for backend, label, threads, batch, connect_options in setups:
                 runs = []
                 for number in range(1, args.repeat + 1):
                     url = databases.new(backend, "appends")
                     writer_url = f"{url}?{connect_options}" if connect_options else None
-                    run = append_run(url, args, batch, writer_url)
+                    run = append_run(url, args, threads, batch, writer_url)
                     databases.drop(backend, url)
-                    log(f"appends {label} batch {batch} run {number}: {run.rate:,.0f}/s "
-                        f"({run.events:,} in {run.seconds:.1f} s, other load {100 * run.other_load:.0f}%)")
+                    log(f"appends {label} {args.writers}x{threads} threads, batch {batch}, run {number}: "
+                        f"{run.rate:,.0f}/s ({run.events:,} in {run.seconds:.1f} s, "
+                        f"{run.per_transaction:.1f} per transaction, {run.cpu_per_event_us:.0f} µs CPU each, "
+                        f"load avg {run.load_average:.1f}, "
+                        f"other load {100 * run.other_load:.0f}%)")
                     runs.append(run.__dict__)
-                results["appends"].setdefault(label, {})[batch] = runs
+                results["appends"].setdefault(label, {})[f"{threads}x{batch}"] = runs
         if "verify" in args.scenarios or "search" in args.scenarios:
             results["generated"], results["verify"], results["search"] = {}, {}, {}
             for backend in args.backends:

@@ -206,7 +206,7 @@ def smtp_sink() -> Iterator[int]:
 
 
 @contextmanager
-def congvu_gateway(database_url: str, relay_port: int) -> Iterator[int]:
+def congvu_gateway(database_url: str, relay_port: int, processes: int = 1) -> Iterator[int]:
     with tempfile.TemporaryDirectory(prefix="congvu-mailbench-") as folder:
         data = Path(folder)
         port = free_port()
@@ -214,7 +214,7 @@ def congvu_gateway(database_url: str, relay_port: int) -> Iterator[int]:
             'issuer = "http://127.0.0.1:5000"',
             f'database_url = "{database_url}"',
             "[mailgw]", 'hostname = "bench.localdomain"', 'listen_address = "127.0.0.1"',
-            f"submission_port = {port}", "smtps_port = 0",
+            f"submission_port = {port}", "smtps_port = 0", f"processes = {processes}",
             "[mailgw.delivery]", f'relay = "127.0.0.1:{relay_port}"', 'starttls = "opportunistic"',
             "[dkim]", f'domains = "{DOMAIN}"',
             # Counted as always (a database update per message), never reached.
@@ -351,6 +351,8 @@ def main() -> None:
     parser.add_argument("--database-url", default="",
                         help="the gateway's database (default: SQLite in the temporary instance)")
     parser.add_argument("--only", default="congvu,postfix", help="comma-separated: congvu, postfix")
+    parser.add_argument("--processes", default="2",
+                        help="the gateway's mailgw.processes; comma-separated for one row each")
     args = parser.parse_args()
     only = set(args.only.split(","))
     load = {"messages": args.messages, "sessions": args.sessions, "size": args.size}
@@ -369,9 +371,11 @@ def main() -> None:
                   file=sys.stderr)
 
     if "congvu" in only:
-        print("congvu gateway ...", file=sys.stderr)
-        with smtp_sink() as sink, congvu_gateway(args.database_url, sink) as port:
-            measure("congvu gateway (dual DKIM, queue committed)", port, True, False)
+        for processes in (int(count) for count in args.processes.split(",")):
+            print(f"congvu gateway, {processes} process(es) ...", file=sys.stderr)
+            with smtp_sink() as sink, congvu_gateway(args.database_url, sink, processes) as port:
+                measure(f"congvu gateway (dual DKIM, queue committed), mailgw.processes = {processes}",
+                        port, True, False)
     if "postfix" in only:
         for scenario, milters in (("postfix alone", []), ("postfix + opendkim rsa", ["rsa"]),
                                   ("postfix + opendkim rsa + ed25519", ["rsa", "ed"])):
@@ -392,8 +396,8 @@ def main() -> None:
     for scenario, generator, results in rows:
         rate, p50, p99 = median_of(results)
         latency = (f"{p50:,.1f} ms", f"{p99:,.1f} ms") if results[0].latencies else ("—", "—")
-        print(f"| {scenario} | {generator} | {rate:,.0f} | {latency[0]} | {latency[1]} | "
-              f"{PEER_FIGURES.get(scenario, '≥ 350 target, 1,050 goal')} |")
+        figure = PEER_FIGURES.get(scenario, "≥ 350 target, 1,050 goal")
+        print(f"| {scenario} | {generator} | {rate:,.0f} | {latency[0]} | {latency[1]} | {figure} |")
 
 
 if __name__ == "__main__":

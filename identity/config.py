@@ -202,6 +202,11 @@ SETTINGS: tuple[Setting, ...] = (
             "Space-separated `aud` values an access token must name for AUTH OAUTHBEARER / "
             "XOAUTH2 (the client ids of the mail clients registered for it, e.g. Thunderbird's). "
             "The token must also carry the `mail.send` scope."),
+    Setting("mailgw.processes", int, 1,
+            "Processes serving the SMTP listeners: more than 1 starts that many in all, sharing "
+            "the ports (SO_REUSEPORT, the kernel spreads connections), so sessions use every "
+            "core and not one (Python runs one thread at a time per process). The first process "
+            "also runs the delivery worker; SIGTERM to it stops them all.", minimum=1, maximum=64),
     # --- mail gateway: queue and delivery (mailgw/queue.py, mailgw/delivery.py) ---
     Setting("mailgw.queue.keep_finished_seconds", int, 86400,
             "How long a message stays in the queue after its last recipient was delivered or "

@@ -1,12 +1,15 @@
 """Appending to and verifying the audit log in the database.
 
 One gap-free chain for the whole deployment, however many processes and nodes write:
-each append takes the head lock first (PostgreSQL: SELECT ... FOR UPDATE on the head
+each write takes the head lock first (PostgreSQL: SELECT ... FOR UPDATE on the head
 row; SQLite: a write as the transaction's first statement, which takes the RESERVED
 lock and so serialises writers, waiting up to the busy timeout), then reads the head,
-writes the record and the new head, and commits. Each append is its own transaction,
-so a record survives the rollback of whatever request caused it; `append_many` writes
-a request's several records in one such transaction, taking the lock once.
+writes the records and the new head, and commits. Within one process the appends of
+all threads are group-committed (identity.audit.group_commit): whoever finds no write
+under way writes everything queued, in one transaction. Each caller still returns only
+once its records are committed, and its records are in a transaction of the log's own,
+so they survive the rollback of whatever request caused them; `append_many` keeps a
+request's several records together (contiguous seqs, one transaction).
 """
 
 from __future__ import annotations
@@ -19,11 +22,12 @@ import re
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import Any, NamedTuple
 
 from sqlalchemy import Connection, func, select
 
 from identity.audit import chain
+from identity.audit.group_commit import GroupCommit
 from identity.db import Database
 from identity.models import AuditCheckpoint, AuditEvent, AuditHead, AuditKey
 from keys.checkpoint import CheckpointKey
@@ -48,9 +52,9 @@ PRUNED_EVENT = "audit.pruned"
 
 VERIFY_BATCH = 5000  # rows per query of verify(); bounded memory, few round trips
 
-# The append path's statements in the drivers' own SQL, sent with exec_driver_sql: each
-# append runs them under the head lock, and SQLAlchemy's compilation and result handling
-# per statement cost several times what SQLite takes to run them (bench/run_audit.py).
+# The append path's statements in the drivers' own SQL, sent on the driver's connection:
+# each batch runs them under the head lock, and SQLAlchemy's connection, compilation and
+# result handling cost several times what SQLite takes to run them (bench/run_audit.py).
 #
 # Take the lock and read the head, then when the newest checkpoint was signed.
 # SQLite, one statement: a write as the transaction's first statement takes the RESERVED
@@ -59,8 +63,20 @@ VERIFY_BATCH = 5000  # rows per query of verify(); bounded memory, few round tri
 # PostgreSQL, two: a statement that waited for the row lock sees the locked row as it is
 # now but every other table as it was when the statement began, before the wait; the
 # checkpoint read in the same statement could miss the one the previous writer just
-# committed, and sign again. The second statement (READ COMMITTED) starts after the lock.
+# committed, and sign again. The second statement (READ COMMITTED) starts after the lock
+# (sent in the same pipeline, it still runs only once the first has finished).
 _LAST_CHECKPOINT_SQL = "SELECT created_at FROM audit_checkpoints ORDER BY seq DESC LIMIT 1"
+# PostgreSQL: the head lock is a row lock, held until the commit has flushed the WAL to
+# disk (2-5 ms on this machine's disk, most of a locked transaction). So the locked
+# transaction commits without waiting for the flush, and releases the lock at once;
+# then a second transaction, with the server's own synchronous_commit, writes one WAL
+# record (a transactional logical message: no table, no lock, any role may) and so has
+# to flush the WAL up to and past the first commit before it returns. Only then are the
+# callers told. The WAL is one sequence: whatever survives a crash is a prefix of the
+# commits, so the chain on disk is never missing a record that a later one chains from.
+# Other processes' flushes overlap this one instead of queueing behind the lock.
+_ASYNC_COMMIT_SQL = "SET LOCAL synchronous_commit = off"
+_FLUSH_SQL = "SELECT pg_logical_emit_message(true, 'congvu.audit', 'durable')"
 _LOCK_HEAD_SQL = {
     "postgresql": "SELECT seq, hash, NULL FROM audit_head WHERE id = 1 FOR UPDATE",
     "sqlite": "UPDATE audit_head SET seq = seq WHERE id = 1 RETURNING seq, hash, "
@@ -79,8 +95,10 @@ def _write_sql(dialect: str) -> dict[str, str]:
         return (f"INSERT INTO {table.name} ({', '.join(names)}) "  # noqa: S608 - see docstring
                 f"VALUES ({', '.join(mark(name) for name in names)})")
 
-    return {"event": insert(events_table), "checkpoint": insert(checkpoints_table),
-            "head": f"UPDATE audit_head SET seq = {mark('seq')}, hash = {mark('hash')} WHERE id = 1"}  # noqa: S608
+    return {"event": insert(events_table), "checkpoint": insert(checkpoints_table), "key": insert(keys_table),
+            "head": f"UPDATE audit_head SET seq = {mark('seq')}, hash = {mark('hash')} WHERE id = 1",  # noqa: S608
+            "newest_key": "SELECT kid, sealed_private_key FROM audit_keys "
+                          "ORDER BY created_at DESC, kid DESC LIMIT 1"}
 
 
 _WRITE_SQL = {dialect: _write_sql(dialect) for dialect in _LOCK_HEAD_SQL}
@@ -186,20 +204,76 @@ class AuditEntry:
     details: dict[str, Any] | None = field(default=None, repr=False)
 
 
-def _stored_fields(entry: AuditEntry) -> dict[str, Any]:
-    """The record's fields as they are stored and hashed (all but seq, ts and hash)."""
-    # Scrubbed and normalised through JSON before hashing, so that what is hashed is
-    # exactly what the database gives back (tuples become lists, keys become text).
-    stored_details = (json.loads(chain.canonical(encode_controls(scrub_secrets(entry.details))))
-                      if entry.details is not None else None)
-    fields = encode_controls({
-        "event": entry.event, "outcome": entry.outcome, "actor_sub": entry.actor_sub,
-        "actor_username": entry.actor_username, "target": entry.target,
-        "client_id": entry.client_id, "source_ip": entry.source_ip,
-        "user_agent": entry.user_agent, "request_id": entry.request_id, "reason": entry.reason,
-    })
-    fields["details"] = stored_details
-    return fields
+# The hashed keys of a record (every column but `hash`), in canonical (sorted) order.
+_HASHED_KEYS = sorted(column.name for column in events_table.columns if column.name != "hash")
+if _HASHED_KEYS.index("seq") > _HASHED_KEYS.index("ts"):  # _canonical_pieces relies on the order
+    raise RuntimeError("audit_events columns: seq must sort before ts")
+_encode_json = chain.CANONICAL_ENCODER.encode
+
+
+class Prepared(NamedTuple):
+    """A record as a caller hands it to the writer: everything but seq, ts and hash, and
+    its canonical encoding (chain.canonical) in the three pieces around seq's and ts's
+    values. Under the head lock the writer only joins the pieces and hashes; the JSON
+    work happened in the caller's thread."""
+
+    row: dict[str, Any]  # as stored: `details` as JSON text
+    before_seq: bytes
+    seq_to_ts: bytes
+    after_ts: bytes
+
+
+def _canonical_pieces(fields: dict[str, Any], details_json: str) -> tuple[bytes, bytes, bytes]:
+    """chain.canonical of the record, cut where seq's and ts's values go: sorted keys,
+    no whitespace, UTF-8 (tests/audit/test_group_commit.py compares the two)."""
+    pieces: list[list[str]] = [[]]
+    for position, key in enumerate(_HASHED_KEYS):
+        separator = "{" if position == 0 else ","
+        if key in ("seq", "ts"):
+            pieces[-1].append(f'{separator}"{key}":')
+            pieces.append([])
+        else:
+            value = details_json if key == "details" else _encode_json(fields[key])
+            pieces[-1].append(f'{separator}"{key}":{value}')
+    pieces[-1].append("}")
+    before_seq, seq_to_ts, after_ts = ("".join(piece).encode("utf-8") for piece in pieces)
+    return before_seq, seq_to_ts, after_ts
+
+
+def _stored_fields(entry: AuditEntry) -> Prepared:
+    """The record as stored and hashed, but for seq, ts and hash (see Prepared)."""
+    # encode_controls of each field, without its recursion: these are text (or None).
+    fields = {name: encode_controls(value) if isinstance(value, str) and _CONTROL.search(value) else value
+              for name, value in (
+                  ("event", entry.event), ("outcome", entry.outcome), ("actor_sub", entry.actor_sub),
+                  ("actor_username", entry.actor_username), ("target", entry.target),
+                  ("client_id", entry.client_id), ("source_ip", entry.source_ip),
+                  ("user_agent", entry.user_agent), ("request_id", entry.request_id),
+                  ("reason", entry.reason))}
+    _check_lengths(fields)
+    # `details` scrubbed, then stored as its canonical JSON text, which is also what is
+    # hashed: verify() decodes and re-encodes it to the same text (keys are text after
+    # scrubbing, tuples come back as the lists they were encoded as). JSON null for None,
+    # as SQLAlchemy's JSON type stores it.
+    details_json = (_encode_json(encode_controls(scrub_secrets(entry.details)))
+                    if entry.details is not None else "null")
+    fields["details"] = details_json
+    return Prepared(fields, *_canonical_pieces(fields, details_json))
+
+
+# The text columns' limits (String(n)). PostgreSQL refuses a longer value; checked here,
+# in the caller's thread, so that one caller's over-long field fails that caller alone and
+# not the group commit's whole batch (SQLite would store it: the same rule on both).
+_COLUMN_LIMITS = {column.name: column.type.length for column in events_table.columns
+                  if getattr(column.type, "length", None) and column.name not in ("ts", "hash")}
+
+
+def _check_lengths(fields: dict[str, Any]) -> None:
+    for name, limit in _COLUMN_LIMITS.items():
+        value = fields.get(name)
+        if isinstance(value, str) and len(value) > limit:
+            # The name and the length only: the value could be anything a client sent.
+            raise ValueError(f"audit field {name} is {len(value)} characters long, more than {limit}")
 
 
 def trusted_checkpoint_keys(connection: Connection, master_key: MasterKey) -> dict[str, bytes]:
@@ -233,108 +307,175 @@ class AuditLog:
         # a benchmark or a test spreads records over days with its own.
         self._clock = clock
         self._key: CheckpointKey | None = None  # the signing key, once loaded
+        # This log's writer for all threads of the process (one AuditLog per app).
+        self._group_commit = GroupCommit(self._write_batch)
+
+    @property
+    def group_commit(self) -> GroupCommit:
+        """This process's writer: `.stats` (transactions and records so far), `.waiting`."""
+        return self._group_commit
 
     def __repr__(self) -> str:
         return f"AuditLog({self.database!r})"
 
     # -- writing -------------------------------------------------------------------------
-    def _lock_head(self, connection: Connection) -> tuple[int, str, str | None]:
-        """Take the writers' lock, then read under it the head (seq, hash) and when the
-        newest checkpoint was signed (None: never)."""
-        seq, head_hash, signed_at = connection.exec_driver_sql(
-            _LOCK_HEAD_SQL[connection.dialect.name]).one()
-        if connection.dialect.name == "postgresql":
-            signed_at = connection.exec_driver_sql(_LAST_CHECKPOINT_SQL).scalar()
-        return int(seq), head_hash, signed_at
-
     def append(self, event: str, outcome: str, *, actor_sub: str | None = None,
                actor_username: str | None = None, target: str | None = None,
                client_id: str | None = None, source_ip: str | None = None,
                user_agent: str | None = None, request_id: str | None = None,
                reason: str | None = None, details: dict[str, Any] | None = None) -> int:
-        """Write one record in its own transaction; returns its sequence number."""
+        """Write one record; returns its sequence number once it is committed (in the
+        log's own transaction, with whatever other threads append meanwhile)."""
         return self.append_many([AuditEntry(
             event, outcome, actor_sub=actor_sub, actor_username=actor_username, target=target,
             client_id=client_id, source_ip=source_ip, user_agent=user_agent,
             request_id=request_id, reason=reason, details=details)])[0]
 
     def append_many(self, entries: Sequence[AuditEntry]) -> list[int]:
-        """Write records in one transaction, in order, taking the head lock once; returns
-        their sequence numbers. Signed exactly where appending them one by one would
-        sign. Writers wait for the lock, not for each other's every record, so a request
-        that records several events (or a batch) costs one lock and one commit."""
+        """Write records in order, with consecutive sequence numbers, in one transaction;
+        returns their sequence numbers once it has committed. The transaction is the
+        process's group commit: it also carries what other threads append meanwhile, so
+        the head lock is taken and the commit paid once for all of them. Signed exactly
+        where appending the records one by one would sign. Raises
+        identity.audit.group_commit.AuditWriteError if the transaction failed (then none
+        of the records was written)."""
         if not entries:
             return []
-        # Scrubbing and JSON work before the lock: other writers do not wait for it.
-        prepared = [_stored_fields(entry) for entry in entries]
-        with self.database.engine.begin() as connection:
-            head_seq, head_hash, signed_at = self._lock_head(connection)
-            # None: the log has no checkpoint yet, and its first record gets signed at
-            # once (nothing goes unsigned for long).
-            sign_from = None if signed_at is None else self._timed_checkpoint_after(signed_at)
-            previous = bytes.fromhex(head_hash)
-            records: list[dict[str, Any]] = []
-            checkpoints: list[dict[str, Any]] = []
-            for seq, fields in enumerate(prepared, start=head_seq + 1):
-                record = {"seq": seq, "ts": self._clock(), **fields}
-                digest = chain.record_hash(previous, record)
-                record["hash"] = previous_hex = digest.hex()
-                records.append(record)
-                previous = digest
-                if seq % self.checkpoint_every == 0 or sign_from is None or record["ts"] >= sign_from:
-                    checkpoint = self._checkpoint(connection, seq, previous_hex)
-                    checkpoints.append(checkpoint)
-                    sign_from = self._timed_checkpoint_after(checkpoint["created_at"])
-            sql = _WRITE_SQL[connection.dialect.name]
-            # `details` as SQLAlchemy's JSON type would store it (json.dumps; JSON null for None).
-            connection.exec_driver_sql(sql["event"], [{**record, "details": json.dumps(record["details"])}
-                                                      for record in records])
+        # Scrubbing and JSON work in the caller's thread, before the lock: neither the
+        # other threads of this process nor other processes wait for it.
+        return self._group_commit.submit([_stored_fields(entry) for entry in entries])
+
+    def _write_batch(self, take: Callable[[], list[Sequence[Prepared]]]) -> list[int]:
+        """The group commit's writer: one transaction for all the callers queued once the
+        head lock is held (see identity.audit.group_commit), on the driver's own connection.
+
+        PostgreSQL: the statements go out pipelined (psycopg), one round trip for BEGIN,
+        lock and reads, one for inserts, head and COMMIT, where one statement at a time
+        took five; the head lock is not held through the WAL flush (see _FLUSH_SQL),
+        which a third round trip waits for.
+
+        A failure up to the first commit leaves nothing written; one in the flush (the
+        connection lost, say) is reported too, and then the records may well be stored."""
+        raw = self.database.engine.raw_connection()
+        try:
+            driver = raw.driver_connection
+            if self.database.engine.dialect.name == "postgresql":
+                with driver.pipeline():
+                    seqs = self._write_locked(driver, "postgresql", take)
+                    # See _FLUSH_SQL: the callers return only once this has committed.
+                    driver.execute(_FLUSH_SQL)
+                    driver.commit()
+            else:
+                seqs = self._write_locked(driver, "sqlite", take)
+        except BaseException:
+            try:
+                raw.rollback()
+            except Exception:  # noqa: BLE001 - the connection is broken: the pool drops it
+                raw.invalidate()
+            raise
+        finally:
+            raw.close()
+        return seqs
+
+    def _write_locked(self, driver: Any, dialect: str,
+                      take: Callable[[], list[Sequence[Prepared]]]) -> list[int]:
+        """Lock the head, chain and sign what `take` gives, write it all and commit."""
+        cursor = driver.cursor()
+        try:
+            if dialect == "postgresql":
+                cursor.execute(_ASYNC_COMMIT_SQL)
+            cursor.execute(_LOCK_HEAD_SQL[dialect])
+            if dialect == "postgresql":
+                reader = driver.cursor()
+                reader.execute(_LAST_CHECKPOINT_SQL)  # same round trip: pipelined
+                newest = reader.fetchone()
+                reader.close()
+                head_seq, head_hash, _ = cursor.fetchone()
+                signed_at = newest[0] if newest else None
+            else:
+                head_seq, head_hash, signed_at = cursor.fetchone()
+            prepared = [fields for items in take() for fields in items]
+            rows, checkpoints = self._chain(driver, dialect, int(head_seq), head_hash, signed_at, prepared)
+            sql = _WRITE_SQL[dialect]
+            cursor.executemany(sql["event"], rows)
             if checkpoints:
-                connection.exec_driver_sql(sql["checkpoint"], checkpoints)
-            connection.exec_driver_sql(sql["head"], {"seq": records[-1]["seq"], "hash": records[-1]["hash"]})
-        return [record["seq"] for record in records]
+                cursor.executemany(sql["checkpoint"], checkpoints)
+            cursor.execute(sql["head"], {"seq": rows[-1]["seq"], "hash": rows[-1]["hash"]})
+            driver.commit()
+        finally:
+            cursor.close()
+        return [row["seq"] for row in rows]
+
+    def _chain(self, driver: Any, dialect: str, head_seq: int, head_hash: str, signed_at: str | None,
+               prepared: list[Prepared]) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+        """The rows of `prepared` numbered after the head, timed, chained, and the
+        checkpoints due among them, signed (under the head lock)."""
+        # None: the log has no checkpoint yet, and its first record gets signed at
+        # once (nothing goes unsigned for long).
+        sign_from = None if signed_at is None else self._timed_checkpoint_after(signed_at)
+        previous = bytes.fromhex(head_hash)
+        rows: list[dict[str, Any]] = []
+        checkpoints: list[dict[str, Any]] = []
+        every, clock, sha256 = self.checkpoint_every, self._clock, hashlib.sha256
+        for seq, record in enumerate(prepared, start=head_seq + 1):
+            ts = clock()
+            # chain.link(previous, chain.canonical(record)), from the caller's pieces.
+            previous = sha256(b"".join((previous, record.before_seq, str(seq).encode(), record.seq_to_ts,
+                                        _encode_json(ts).encode("utf-8"), record.after_ts))).digest()
+            previous_hex = previous.hex()
+            rows.append({**record.row, "seq": seq, "ts": ts, "hash": previous_hex})
+            if seq % every == 0 or sign_from is None or ts >= sign_from:
+                checkpoint = self._checkpoint(driver, dialect, seq, previous_hex)
+                checkpoints.append(checkpoint)
+                sign_from = self._timed_checkpoint_after(checkpoint["created_at"])
+        return rows, checkpoints
 
     def _timed_checkpoint_after(self, created_at: str) -> str:
         """The time (same format, so compared as text) from which a record is signed
         because checkpoint_seconds have passed since the checkpoint made at `created_at`."""
         return _format_timestamp(_parse_timestamp(created_at) + timedelta(seconds=self.checkpoint_seconds))
 
-    def _signing_key(self, connection: Connection) -> CheckpointKey:
+    def _signing_key(self, driver: Any, dialect: str) -> CheckpointKey:
         """The newest checkpoint key, made on first need (under the head lock, so once)."""
-        row = connection.execute(select(keys_table).order_by(keys_table.c.created_at.desc(),
-                                                             keys_table.c.kid.desc()).limit(1)).first()
-        if row is None:
-            key = CheckpointKey.generate()
-            connection.execute(keys_table.insert().values(
-                kid=key.kid, public_key=key.public_key, sealed_private_key=key.seal(self._master_key),
-                created_at=self._clock()))
-            self._key = key
-        elif self._key is None or self._key.kid != row.kid:
-            self._key = CheckpointKey.unseal(row.kid, bytes(row.sealed_private_key), self._master_key)
+        cursor = driver.cursor()
+        try:
+            cursor.execute(_WRITE_SQL[dialect]["newest_key"])
+            row = cursor.fetchone()
+            if row is None:
+                key = CheckpointKey.generate()
+                cursor.execute(_WRITE_SQL[dialect]["key"], {
+                    "kid": key.kid, "public_key": key.public_key,
+                    "sealed_private_key": key.seal(self._master_key), "created_at": self._clock()})
+                self._key = key
+            elif self._key is None or self._key.kid != row[0]:
+                self._key = CheckpointKey.unseal(row[0], bytes(row[1]), self._master_key)
+        finally:
+            cursor.close()
         return self._key
 
-    def _checkpoint(self, connection: Connection, seq: int, head_hash: str) -> dict[str, Any]:
+    def _checkpoint(self, driver: Any, dialect: str, seq: int, head_hash: str) -> dict[str, Any]:
         """A signed checkpoint row of the head (seq, head_hash), not yet written."""
-        key = self._signing_key(connection)
+        key = self._signing_key(driver, dialect)
         created_at = self._clock()
         signature = key.sign(chain.checkpoint_message(seq, bytes.fromhex(head_hash), created_at))
         return {"seq": seq, "head_hash": head_hash, "created_at": created_at, "kid": key.kid,
                 "signature": signature}
 
-    def _write_checkpoint(self, connection: Connection, seq: int, head_hash: str) -> None:
-        connection.execute(checkpoints_table.insert().values(
-            **self._checkpoint(connection, seq, head_hash)))
-
     def checkpoint_now(self) -> int | None:
         """Sign the current head (unless it is signed already); returns its seq, or None if empty."""
         with self.database.engine.begin() as connection:
-            head_seq, head_hash, _signed_at = self._lock_head(connection)
+            dialect = connection.dialect.name
+            seq, head_hash, _signed_at = connection.exec_driver_sql(_LOCK_HEAD_SQL[dialect]).one()
+            head_seq = int(seq)
             if head_seq == 0:
                 return None
             signed = connection.execute(select(checkpoints_table.c.seq)
                                         .where(checkpoints_table.c.seq == head_seq)).scalar()
             if signed is None:
-                self._write_checkpoint(connection, head_seq, head_hash)
+                # On the same driver connection, so in this transaction.
+                checkpoint = self._checkpoint(connection.connection.driver_connection, dialect,
+                                              head_seq, head_hash)
+                connection.execute(checkpoints_table.insert().values(**checkpoint))
             return head_seq
 
     # -- reading -------------------------------------------------------------------------

@@ -54,3 +54,15 @@ def events(database: Database, seq: int | None = None) -> list[dict[str, Any]]:
 def rows(database: Database, statement: str, **params: Any) -> list[dict[str, Any]]:
     with database.engine.connect() as connection:
         return [dict(row) for row in connection.execute(text(statement), params).mappings()]
+
+
+def refuse_event(database: Database, event: str) -> None:
+    """Make the database itself refuse to store a record of `event` (a real failure of
+    the INSERT, in whatever transaction carries it): a CHECK constraint on PostgreSQL, a
+    trigger on SQLite, which cannot add constraints to a table."""
+    if database.engine.dialect.name == "postgresql":
+        run_sql(database, "ALTER TABLE audit_events ADD CONSTRAINT test_refused_event "
+                          f"CHECK (event <> '{event}')")
+    else:
+        run_sql(database, "CREATE TRIGGER test_refused_event BEFORE INSERT ON audit_events "
+                          f"WHEN NEW.event = '{event}' BEGIN SELECT RAISE(ABORT, 'refused'); END")

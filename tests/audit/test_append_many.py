@@ -9,11 +9,11 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from identity.audit import chain
+from identity.audit.group_commit import AuditWriteError
 from identity.audit.log import AuditEntry, AuditLog, utc_timestamp
 from identity.db import Database
 from keys.master import MasterKey
-from tests.audit.conftest import events, rows
+from tests.audit.conftest import events, refuse_event, rows
 
 
 class TickingClock:
@@ -67,22 +67,16 @@ def test_time_checkpoints_inside_a_batch_match_one_by_one(database: Database, ma
     assert log.verify() is None
 
 
-def test_a_batch_is_all_or_nothing(database: Database, master_key: MasterKey,
-                                   monkeypatch: pytest.MonkeyPatch) -> None:
+def test_a_batch_is_all_or_nothing(database: Database, master_key: MasterKey) -> None:
     log = AuditLog(database, master_key, checkpoint_every=2)
     log.append("signin.password", "success", actor_username="lan.nguyen")
-    real_hash, calls = chain.record_hash, []
-
-    def failing_on_the_third(*args, **kwargs):  # type: ignore[no-untyped-def]
-        calls.append(1)
-        if len(calls) == 3:
-            raise RuntimeError("disk full")
-        return real_hash(*args, **kwargs)
-
-    monkeypatch.setattr(chain, "record_hash", failing_on_the_third)
-    with pytest.raises(RuntimeError):
-        log.append_many(entries(5))
-    monkeypatch.undo()
+    refuse_event(database, "poison")
+    batch = entries(5)
+    batch[2] = AuditEntry("poison", "failure")
+    with pytest.raises(AuditWriteError) as raised:
+        log.append_many(batch)
+    # The database's own refusal (sqlite3's or psycopg's IntegrityError), chained.
+    assert "IntegrityError" in {cls.__name__ for cls in type(raised.value.__cause__).__mro__}
     assert [r["seq"] for r in events(database)] == [1]
     assert rows(database, "SELECT seq FROM audit_head") == [{"seq": 1}]
     assert checkpoint_seqs(database) == [1]
