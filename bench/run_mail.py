@@ -1,7 +1,7 @@
 """Mail benchmark: 10 KB messages from 20 concurrent SMTP sessions, accepted with DKIM
 dual signing (Ed25519 + RSA-2048) and durable queueing, side by side with Postfix.
 
-    .venv/bin/python bench/run_mail.py [--runs 3] [--messages 3000] [--sessions 20]
+    .venv/bin/python bench/run_mail.py [--runs 3] [--messages 3000] [--sessions 20] [--processes 1,3]
                                        [--database-url postgresql://...] [--only congvu,postfix]
 
 Needs root (a throwaway Postfix instance runs its daemons as `postfix`) and the Debian
@@ -9,10 +9,10 @@ packages postfix (postfix, smtp-source, smtp-sink) and opendkim. Not run in CI.
 
 Scenarios, each on loopback on this machine:
 - congvu: `congvu mailgw serve` on a fresh instance (SQLite WAL by default, or
-  --database-url), one official, STARTTLS + AUTH PLAIN once per session (the gateway
-  refuses mail without both), policy on with per-user counters, every message signed
-  Ed25519 + RSA-2048 and committed to the queue before its 250; the delivery worker
-  relays to Postfix's `smtp-sink` meanwhile.
+  --database-url; `mailgw.processes` from --processes), one official, STARTTLS +
+  AUTH PLAIN once per session (the gateway refuses mail without both), policy on with
+  per-user counters, every message signed Ed25519 + RSA-2048 and committed to the queue
+  before its 250; the delivery worker relays to Postfix's `smtp-sink` meanwhile.
 - postfix: a Postfix 3.7 instance in a temporary folder (`postfix -c DIR`), queue
   files fsynced by cleanup as always, every recipient delivered by the `discard`
   transport; alone, with one OpenDKIM milter (RSA-2048), and with two (RSA-2048 and
@@ -351,8 +351,9 @@ def main() -> None:
     parser.add_argument("--database-url", default="",
                         help="the gateway's database (default: SQLite in the temporary instance)")
     parser.add_argument("--only", default="congvu,postfix", help="comma-separated: congvu, postfix")
-    parser.add_argument("--processes", default="2",
-                        help="the gateway's mailgw.processes; comma-separated for one row each")
+    parser.add_argument("--processes", default="3",
+                        help="the gateway's mailgw.processes (2 cores: 3, the first also delivers); "
+                             "comma-separated for one row each")
     args = parser.parse_args()
     only = set(args.only.split(","))
     load = {"messages": args.messages, "sessions": args.sessions, "size": args.size}

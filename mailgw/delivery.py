@@ -297,13 +297,30 @@ class RelayConnection:
             smtp.rset()
             return replies
         try:
-            final = Reply.from_smtp(*smtp.data(data))
+            final = Reply.from_smtp(*send_data(smtp, data))
         except smtplib.SMTPDataError as error:  # DATA itself refused (no 354)
             final = Reply.from_smtp(error.smtp_code, error.smtp_error)
             smtp.rset()
         for index in accepted:
             replies[index] = final
         return replies
+
+
+def send_data(smtp: smtplib.SMTP, data: bytes) -> tuple[int, bytes]:
+    """smtplib's `SMTP.data` for bytes, with its dot-stuffing (a regular expression, the
+    relay's largest cost per message in a profile) done by `bytes.replace`: the same
+    bytes on the wire (a "." doubled at the start and after every LF)."""
+    smtp.putcmd("data")
+    code, reply = smtp.getreply()
+    if code != 354:
+        raise smtplib.SMTPDataError(code, reply)
+    stuffed = data.replace(b"\n.", b"\n..")
+    if stuffed.startswith(b"."):
+        stuffed = b"." + stuffed
+    if not stuffed.endswith(b"\r\n"):
+        stuffed += b"\r\n"
+    smtp.send(stuffed + b".\r\n")
+    return smtp.getreply()
 
 
 @dataclass

@@ -15,7 +15,10 @@ aiosmtpd, and what is done about it (DESIGN.md, "pitfalls"):
 * its EHLO lacks PIPELINING and ENHANCEDSTATUSCODES, and many of its replies carry no
   enhanced status code: `handle_EHLO` adds both keywords, `push` adds the RFC 3463 code
   to any 2xx/4xx/5xx reply without one (not to the greeting or the EHLO lines, RFC 2034);
-* it reads each message whole into memory: `max_message_bytes` bounds it (SIZE).
+* it reads each message whole into memory: `max_message_bytes` bounds it (SIZE);
+* it reads DATA one line at a time through the event loop (~150 rounds of Python for 10 KB):
+  `smtp_DATA` below reads up to each `.<CRLF>` instead, with the same results (limits,
+  dot-unstuffing, replies).
 
 Blocking work (Argon2id, the database, the directory, the policy's counters, signing)
 runs in a thread pool, never on the event loop that serves every session.
@@ -42,7 +45,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from aiosmtpd.smtp import SMTP, Envelope, Session
+from aiosmtpd.smtp import MISSING, SMTP, Envelope, Session, syntax
 
 from identity.audit.log import AuditEntry
 from mailgw.auth import BearerCredentials, PasswordCredentials, SaslMechanisms
@@ -181,6 +184,89 @@ class SubmissionSMTP(SaslMechanisms, SMTP):
 
     def _create_session(self) -> Session:
         return SubmissionSession(self.loop)
+
+    @syntax("DATA")
+    async def smtp_DATA(self, arg: str) -> None:
+        """aiosmtpd's DATA with a faster reader (see `_read_data`); the checks before and
+        the replies after are aiosmtpd's."""
+        if await self.check_helo_needed() or await self.check_auth_needed("DATA"):
+            return
+        assert self.envelope is not None
+        if not self.envelope.rcpt_tos:
+            await self.push("503 Error: need RCPT command")
+            return
+        if arg:
+            await self.push("501 Syntax: DATA")
+            return
+        await self.push("354 End data with <CR><LF>.<CR><LF>")
+        content, problem = await self._read_data()
+        if problem is not None:
+            await self.push(problem)
+            self._set_post_data_state()
+            return
+        self.envelope.content = content
+        self.envelope.original_content = content
+        status = await self._call_handler_hook("DATA")
+        self._set_post_data_state()
+        await self.push("250 OK" if status is MISSING else status)
+
+    async def _read_data(self) -> tuple[bytes, str | None]:
+        """The message up to the lone "." line, dot-unstuffed (RFC 5321 4.5.2), or the
+        reply for one too large or with a line too long (sent, as aiosmtpd does, only once
+        the client has sent it all).
+
+        The stream is read up to each ".<CRLF>" (a line that ends with a dot, or the end),
+        not line by line: what ends there is the end of the message when the dot starts a
+        line, i.e. is the message's first byte or follows a CRLF."""
+        reader = self._reader
+        limit = self.data_size_limit
+        pieces: list[bytes] = []
+        size = 0  # bytes read, the final ".<CRLF>" included
+        tail = b""  # the last bytes read (at most 5), kept when the pieces are dropped
+        problem: str | None = None
+        while True:
+            try:
+                piece = await reader.readuntil(b".\r\n")
+                found = True
+            except asyncio.LimitOverrunError as overrun:
+                piece = await reader.readexactly(overrun.consumed)
+                found = False
+            except asyncio.CancelledError:
+                log.info("Connection lost during DATA")
+                self._writer.close()
+                raise
+            except asyncio.IncompleteReadError:  # the client went away
+                self._writer.close()
+                raise asyncio.CancelledError from None
+            size += len(piece)
+            tail = (tail + piece)[-5:]
+            if problem is None:
+                pieces.append(piece)
+                if limit and size - 3 > limit:
+                    # As aiosmtpd: a line too long before the one that passes the limit wins.
+                    data = b"".join(pieces)
+                    last_end = data.rfind(b"\r\n", 0, limit)
+                    before = data[:last_end + 2] if last_end >= 0 else b""
+                    problem = self._too_long(before) or "552 Error: Too much mail data"
+                    pieces.clear()
+            if found and (size == 3 or tail[:2] == b"\r\n"):
+                break
+        if problem is not None:
+            return b"", problem
+        data = b"".join(pieces)[:-3]
+        too_long = self._too_long(data)
+        if too_long:
+            return b"", too_long
+        if data.startswith(b"."):
+            data = data[1:]
+        return data.replace(b"\r\n.", b"\r\n"), None
+
+    def _too_long(self, data: bytes) -> str | None:
+        """aiosmtpd's reply for a line (CRLF included) over line_length_limit, if any."""
+        if len(data) > self.line_length_limit - 2 and max(map(len, data.split(b"\r\n"))) + 2 > \
+                self.line_length_limit:
+            return "500 Line too long (see RFC5321 4.5.3.1.6)"
+        return None
 
     def _getaddr(self, arg: str) -> tuple[str | None, str | None]:
         plain = _PLAIN_PATH.fullmatch(arg) if arg else None
