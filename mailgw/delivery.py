@@ -47,6 +47,7 @@ from typing import Any
 from identity.audit.log import AuditEntry, AuditLog
 from mailgw.dsn import FailedRecipient, build_dsn
 from mailgw.queue import BOUNCED, DEFERRED, DELIVERED, Claimed, MailQueue, NewMessage, Outcome, RetrySchedule
+from mailgw.signing import SigningError
 
 log = logging.getLogger("congvu.mailgw.delivery")
 
@@ -356,8 +357,11 @@ class DeliveryWorker:
     lets deliveries in flight finish and gives back the leases of the others."""
 
     def __init__(self, queue: MailQueue, config: Any, audit_log: AuditLog, *,
-                 clock: Callable[[], float] = time.time, owner: str | None = None) -> None:
+                 clock: Callable[[], float] = time.time, owner: str | None = None,
+                 signer: Any = None) -> None:
         self.queue = queue
+        # mailgw.signing.OutboundSigner: bounces are DKIM-signed like every outbound message.
+        self.signer = signer
         self.settings = DeliverySettings.from_config(config)
         self.audit = audit_log
         self._clock = clock
@@ -515,7 +519,15 @@ class DeliveryWorker:
                     expired=not reply.status.startswith("5"), last_attempt=now))
             dsn = build_dsn(envelope_from=mail_from, original=data, failed=failed,
                             reporting_mta=s.helo_name, arrival=created_at, now=now, queue_id=job.message_id,
-                            lifetime_days=s.schedule.max_lifetime / 86400)
+                            lifetime_days=s.schedule.max_lifetime / 86400,
+                            from_domain=self.signer.notice_domain if self.signer is not None else None)
+            if self.signer is not None:
+                try:
+                    dsn = self.signer.sign_notice(dsn)
+                except SigningError:
+                    # No selector yet (`congvu dkim generate`): a bounce that arrives unsigned
+                    # still tells the sender; one that is never sent tells nobody.
+                    log.warning("DSN for %s queued without DKIM: no signing key", job.message_id)
             return NewMessage("", [mail_from], dsn, sender_sub=None, received_at=now)
 
         stored, bounce_id = self.queue.record(self.owner, job.message_id, outcomes, now, bounce)

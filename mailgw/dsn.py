@@ -78,9 +78,11 @@ def _human_text(failed: Sequence[FailedRecipient], reporting_mta: str, lifetime_
 
 def build_dsn(*, envelope_from: str, original: bytes, failed: Sequence[FailedRecipient],
               reporting_mta: str, arrival: float, now: float, queue_id: str,
-              lifetime_days: float = 5) -> bytes:
+              lifetime_days: float = 5, from_domain: str | None = None) -> bytes:
     """The bounce to `envelope_from` for the `failed` recipients of `original`, as bytes
-    with CRLF line endings, ready to be queued from <> to `envelope_from`."""
+    with CRLF line endings, ready to be queued from <> to `envelope_from`. Its From: is
+    MAILER-DAEMON at `from_domain` (the DKIM signing domain, so the signature aligns) or,
+    without one, at the reporting MTA's name."""
     if not envelope_from:
         raise ValueError("a DSN is never sent to the null sender <>")
     if not failed:
@@ -89,7 +91,7 @@ def build_dsn(*, envelope_from: str, original: bytes, failed: Sequence[FailedRec
 
     policy = SMTPUTF8 if international else SMTP
     report = MIMEMultipart("report", policy=policy, report_type="delivery-status")
-    report["From"] = f"Mail Delivery System <MAILER-DAEMON@{reporting_mta}>"
+    report["From"] = f"Mail Delivery System <MAILER-DAEMON@{from_domain or reporting_mta}>"
     report["To"] = envelope_from
     report["Subject"] = "Thư không gửi được / Undelivered Mail Returned to Sender"
     report["Date"] = _rfc5322_date(now)

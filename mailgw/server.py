@@ -49,7 +49,12 @@ from aiosmtpd.smtp import MISSING, SMTP, Envelope, Session, syntax
 
 from identity.audit.log import AuditEntry
 from mailgw.auth import BearerCredentials, PasswordCredentials, SaslMechanisms
+from mailgw.delivery import DeliveryWorker
 from mailgw.model import Action, Sender, Submission, Verdict
+from mailgw.policy import MailPolicyPipeline
+from mailgw.quarantine import Quarantine
+from mailgw.queue import MailQueue
+from mailgw.signing import OutboundSigner
 
 log = logging.getLogger("congvu.mailgw")
 
@@ -76,6 +81,8 @@ REPLY_QUEUED = "250 2.0.0 Queued as {queue_id}"
 REPLY_HELD = "250 2.6.0 Queued"  # a quarantined message: the sender is not told
 REPLY_TEMPORARY = "451 4.3.0 Temporary server error, try again later"
 REPLY_NOT_YOURS = "550 5.7.1 Sender address not owned by the authenticated user"
+# RFC 6531 §3.4: a non-ASCII address needs SMTPUTF8 on MAIL FROM, or it is refused with 5.6.7.
+REPLY_NEEDS_SMTPUTF8 = "553 5.6.7 Non-ASCII address requires SMTPUTF8"
 
 # Set, to the first process's pid, in the extra listener processes `serve_forever`
 # starts (mailgw.processes > 1).
@@ -306,6 +313,8 @@ class GatewayHandler:
     async def handle_MAIL(self, server: SubmissionSMTP, session: Session, envelope: Envelope,
                           address: str, mail_options: list[str]) -> str:
         sender: Sender = session.auth_data
+        if not envelope.smtp_utf8 and not address.isascii():
+            return REPLY_NEEDS_SMTPUTF8
         verdict = self.gateway.check_sender(address, sender)
         if verdict.action is Action.REFUSE:
             await self.gateway.audit_refusal(server, sender, verdict, stage="mail_from", recipients=0)
@@ -317,6 +326,8 @@ class GatewayHandler:
     async def handle_RCPT(self, server: SubmissionSMTP, session: Session, envelope: Envelope,
                           address: str, rcpt_options: list[str]) -> str:
         sender: Sender = session.auth_data
+        if not envelope.smtp_utf8 and not address.isascii():
+            return REPLY_NEEDS_SMTPUTF8
         verdict = self.gateway.check_recipient(address, sender, len(envelope.rcpt_tos))
         if verdict.action is Action.REFUSE:
             await self.gateway.audit_refusal(server, sender, verdict, stage="rcpt_to",
@@ -584,42 +595,21 @@ def self_signed_certificate(folder: Path, hostname: str) -> tuple[Path, Path]:
 
 
 # -- the process --------------------------------------------------------------------------------
-def build_gateway(services: Any) -> tuple[Gateway, Any]:
-    """The gateway with every part that exists in this checkout, and the delivery worker
-    (or None) that runs beside it in the same process."""
+def build_gateway(services: Any) -> tuple[Gateway, DeliveryWorker]:
+    """The gateway, and the delivery worker that runs beside it in the same process."""
     from identity.mail_service import MailIdentity
 
     config = services.config
-    mail_policy = getattr(config, "mail_policy", None)
-    identity = MailIdentity(services, shared_mailboxes=getattr(mail_policy, "shared_addresses_for", None))
-    parts: dict[str, Any] = {}
-    worker = None
-    try:
-        from mailgw.policy import MailPolicyPipeline
-        from mailgw.quarantine import Quarantine
-    except ModuleNotFoundError as missing:
-        log.warning("mail gateway: no policy pipeline (%s)", missing.name)
-    else:
-        parts["pipeline"] = MailPolicyPipeline.from_config(config, services.database)
-        parts["quarantine"] = Quarantine(services.database)
-    try:
-        from mailgw.signing import OutboundSigner
-    except ModuleNotFoundError as missing:
-        log.warning("mail gateway: no signer (%s)", missing.name)
-    else:
-        parts["signer"] = OutboundSigner.from_database(services.database, config, audit_log=services.audit)
-    try:
-        from mailgw.queue import MailQueue
-    except ModuleNotFoundError as missing:
-        log.warning("mail gateway: no queue (%s): mail is answered 451", missing.name)
-    else:
-        parts["queue"] = MailQueue(services.database, config)
-        try:
-            from mailgw.delivery import DeliveryWorker
-        except ModuleNotFoundError:
-            log.warning("mail gateway: no delivery worker")
-        else:
-            worker = DeliveryWorker(parts["queue"], config, services.audit)
+    identity = MailIdentity(services, shared_mailboxes=config.mail_policy.shared_addresses_for)
+    signer = OutboundSigner.from_database(services.database, config, audit_log=services.audit)
+    queue = MailQueue(services.database, config)
+    parts: dict[str, Any] = {
+        "pipeline": MailPolicyPipeline.from_config(config, services.database),
+        "quarantine": Quarantine(services.database),
+        "signer": signer,
+        "queue": queue,
+    }
+    worker = DeliveryWorker(queue, config, services.audit, signer=signer)
     return Gateway(config, identity, services.audit, **parts), worker
 
 

@@ -116,6 +116,18 @@ class OutboundSigner:
                 "mail.malformed", 550, "5.6.0", "Message header is malformed (a From: field is required)"
             )) from None
 
+    @property
+    def notice_domain(self) -> str:
+        """The domain the gateway's own messages (DSN bounces) come from: the first of
+        `dkim.domains`, so their DKIM signature aligns with their From:."""
+        return self.domains[0]
+
+    def sign_notice(self, data: bytes) -> bytes:
+        """A message the gateway itself writes (a DSN bounce, From: MAILER-DAEMON at
+        `notice_domain`): both DKIM signatures, and no S/MIME, which would wrap the report
+        in multipart/signed and hide it from the mail programs that read DSNs."""
+        return dkim.sign(data, self.keys_for(self.notice_domain))
+
     def can_encrypt_for(self, addresses: Sequence[str]) -> bool:
         """Whether `sign(..., encrypt_for=addresses)` would find every certificate."""
         return self.certificates is not None and self.certificates.can_encrypt_for(tuple(addresses))

@@ -110,9 +110,26 @@ def test_enqueue_async_waits_for_the_commit_without_blocking_the_loop(instance, 
     assert {r.id for r in rows(instance, MailQueueMessage.__table__)} == set(ids)
 
 
-def test_sqlite_queue_commits_with_full_sync(instance, queue, backend) -> None:  # type: ignore[no-untyped-def]
-    if backend != "sqlite":
-        pytest.skip("PostgreSQL: the enqueue transaction sets synchronous_commit on itself")
+def test_queue_commits_wait_for_the_disk(instance, queue, backend) -> None:  # type: ignore[no-untyped-def]
+    if backend == "postgresql":
+        # The enqueue transaction sets synchronous_commit on itself, so a role or database
+        # configured with it off cannot weaken the 250.
+        from sqlalchemy import event
+
+        statements: list[str] = []
+
+        def seen(_conn, _cursor, statement, *_args) -> None:  # type: ignore[no-untyped-def]
+            statements.append(" ".join(statement.split()).lower())
+
+        event.listen(queue.engine, "before_cursor_execute", seen)
+        try:
+            queue.enqueue("an.nv@phutho.gov.vn", ["lan@hue.gov.vn"], b"Subject: x\r\n\r\nx\r\n",
+                          sender_sub=None, received_at=time.time())
+        finally:
+            event.remove(queue.engine, "before_cursor_execute", seen)
+        setting = statements.index("set local synchronous_commit to on")
+        assert any(s.startswith("insert into mail_queue_messages") for s in statements[setting:]), statements
+        return
     with queue.engine.connect() as connection:
         assert connection.exec_driver_sql("PRAGMA synchronous").scalar() == 2  # FULL
     with instance.services.database.engine.connect() as connection:

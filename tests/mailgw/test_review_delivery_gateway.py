@@ -198,8 +198,6 @@ def test_retry_and_bounce_for_mail_that_came_through_the_gateway(make_instance, 
     assert len(audited(instance, "mail.delivered")) >= 1
 
 
-@pytest.mark.xfail(strict=True, reason="review bug: the DSN (mailgw/delivery.py bounce → mailgw/dsn.py) is "
-                   "queued unsigned; the issue asks for DKIM on every outbound message")
 def test_the_bounce_is_dkim_signed_too(make_instance, certs, database_url: str) -> None:  # type: ignore[no-untyped-def]
     with Upstream(tls=certs) as upstream:
         upstream.handler.rcpt_replies["khong-co@hanoi.gov.vn"] = ["550 5.1.1 no such user"]
