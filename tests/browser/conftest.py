@@ -23,7 +23,10 @@ def _chromium_missing() -> str | None:
     return None
 
 
-@pytest.fixture(scope="session")
+# Package scope, not session: Playwright's sync API keeps an asyncio loop running in the
+# main thread while it is open, and any later test calling asyncio.run() (the mail gateway's)
+# would fail with "cannot be called from a running event loop".
+@pytest.fixture(scope="package")
 def chromium() -> Iterator[Any]:
     missing = _chromium_missing()
     if missing:
