@@ -707,6 +707,12 @@ def keys_rotate(obj: Context, alg: str | None, as_json: bool) -> None:
     result = services.keyring.rotate(alg=alg)
     result["pruned"] = services.keyring.prune(max_token_lifetime=services.config.max_token_lifetime)
     obj.record("key.rotated", result.get("current"), **result)
+    # Each key's own life in the log too, so a search by key id finds when it stopped signing
+    # (retired: still verifies tokens it signed) and when it was removed from the key set.
+    if result.get("retired"):
+        obj.record("key.retired", result["retired"])
+    for kid in result["pruned"]:
+        obj.record("key.removed", kid)
     emit(result, as_json)
 
 

@@ -367,6 +367,7 @@ def test_cli_changes_are_recorded_with_the_os_user(tmp_path: Path, database_url:
         ("client.secret_rotated", "success", client_id),
         ("client.removed", "success", client_id),
         ("key.rotated", "success", keys_before["next"]),
+        ("key.retired", "success", keys_before["current"]),
         ("admin_token.created", "success", "ops")]
     try:
         os_user = getpass.getuser()
