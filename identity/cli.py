@@ -187,6 +187,9 @@ def demo(obj: Context, port: int) -> None:
     applications = demo_applications()
     client_secrets = prepare_demo(services, applications)
     issuer = services.config.issuer
+    mail_command = (f"CONGVU_ISSUER={issuer} CONGVU_MAILGW__SUBMISSION_PORT=2587 "
+                    f"CONGVU_MAILGW__SMTPS_PORT=2465 .venv/bin/congvu --data {services.config.data_dir} "
+                    "mailgw serve")
     starts = "\n".join(f"  # {app.name}: {app.base_url}/\n"
                        f"  {app.start_command(issuer, client_secrets[app.client_id])}"
                        for app in applications)
@@ -204,6 +207,12 @@ The example applications are registered (new client secrets at every start). Run
 terminal of its own, from the repository root, then open it; examples/README.md walks
 through single sign-on and single logout with "Quản lý văn bản" and "Một cửa":
 {starts}
+
+The official-mail gateway, in a terminal of its own (ports above 1024, so no root; with no
+relay set, accepted mail stays in the queue: `congvu mailgw queue list`). Send as
+canbo.demo: `swaks --server 127.0.0.1:2587 --tls --auth PLAIN --auth-user canbo.demo
+--from canbo-demo@phutho.gov.vn --to lan@phutho.gov.vn` (it asks for the password):
+  {mail_command}
 """)
     config = services.config
     # gthread: a browser talks to the demo directly, with keep-alive and no proxy in front.
