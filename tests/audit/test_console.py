@@ -40,11 +40,17 @@ def sign_in_with_totp(http: Any, username: str, secret: str) -> None:
 def auditor(instance) -> Any:  # type: ignore[no-untyped-def]
     """An auditor's browser, signed in with password + TOTP."""
     instance.add_user("kiemtoan", groups=["auditors"])
+    return signed_in_auditor(instance)
+
+
+def signed_in_auditor(instance: Any, username: str = "kiemtoan") -> Any:
+    """A new browser of `username` (an existing member of the auditors' group), signed in
+    with password + TOTP: the password session goes to TOTP enrolment first."""
     http = instance.client()
-    post_login(http, "kiemtoan")  # a password session: enrolment is where it leads
+    post_login(http, username)
     secret = enrol_totp(http)
     fresh = instance.client()
-    sign_in_with_totp(fresh, "kiemtoan", secret)
+    sign_in_with_totp(fresh, username, secret)
     return fresh
 
 

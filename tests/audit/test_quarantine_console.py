@@ -17,7 +17,7 @@ from mailgw.model import Sender, Submission
 from mailgw.policy import MailPolicyPipeline
 from mailgw.quarantine import Quarantine, QuarantineError, release_outbound, subject_of
 from mailgw.queue import MailQueue
-from tests.audit.test_console import enrol_totp, sign_in_with_totp
+from tests.audit.test_console import signed_in_auditor
 from tests.helpers import csrf_token, post_login
 
 AN = Sender(sub="sub-an", username="an.nv", addresses=frozenset({"an.nv@phutho.gov.vn"}))
@@ -55,12 +55,7 @@ def quarantined(make_instance) -> Any:  # type: ignore[no-untyped-def]
 @pytest.fixture
 def auditor(quarantined) -> Any:  # type: ignore[no-untyped-def]
     quarantined.add_user("kiemtoan", groups=["auditors"])
-    http = quarantined.client()
-    post_login(http, "kiemtoan")
-    secret = enrol_totp(http)
-    fresh = quarantined.client()
-    sign_in_with_totp(fresh, "kiemtoan", secret)
-    return fresh
+    return signed_in_auditor(quarantined)
 
 
 def audit_records(instance: Any, event: str) -> list[dict[str, Any]]:

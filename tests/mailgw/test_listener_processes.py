@@ -14,9 +14,8 @@ from typing import Any
 
 import pytest
 
-from tests.mailgw.gateway_fixture import free_port
-from tests.mailgw.test_queue_crash import PASSWORD, GatewayProcess, Senders, received_ids
-from tests.mailgw.upstream import Upstream, make_certificates, wait_until
+from tests.mailgw.test_queue_crash import GatewayProcess, Senders, gateway_process, received_ids
+from tests.mailgw.upstream import Upstream, wait_until
 
 ADDRESS = "an.nv@phutho.gov.vn"
 LISTEN, ESTABLISHED = "0A", "01"
@@ -57,42 +56,8 @@ def alive(pid: int) -> bool:
 
 @pytest.fixture
 def setup(make_instance, database_url, tmp_path) -> Iterator[tuple[GatewayProcess, Upstream]]:  # type: ignore[no-untyped-def]
-    certs = make_certificates(tmp_path / "relay-tls")
-    with Upstream(tls=certs) as upstream:
-        port = free_port()
-        data = tmp_path / "data"
-        data.mkdir()
-        (data / "congvu.toml").write_text(f"""
-issuer = "https://127.0.0.1"
-database_url = "{database_url}"
-[mailgw]
-listen_address = "127.0.0.1"
-submission_port = {port}
-smtps_port = 0
-hostname = "mail.test"
-processes = 2
-[mailgw.delivery]
-relay = "{upstream.address}"
-ca_file = "{certs.ca_file}"
-max_connections = 4
-lease_seconds = 5
-poll_seconds = 1
-[policies.password_hash]
-memory_cost_kib = 8192
-time_cost = 1
-parallelism = 1
-[policies.mail]
-recipients_per_hour = 1000000
-recipients_per_day = 10000000
-""", encoding="utf-8")
-        instance = make_instance()
-        instance.add_user("an.nv", password=PASSWORD, email=ADDRESS)
-        gateway = GatewayProcess(data, port, tmp_path / "gateway.log")
-        try:
-            yield gateway, upstream
-        finally:
-            if gateway.process is not None:
-                gateway.stop(signal.SIGKILL)
+    with gateway_process(make_instance, database_url, tmp_path, smtps_port=0, processes=2) as running:
+        yield running
 
 
 def test_two_processes_accept_and_sigterm_stops_both_losing_nothing(setup: Any) -> None:

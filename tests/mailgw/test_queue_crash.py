@@ -17,6 +17,7 @@ import time
 import uuid
 from collections import Counter
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -118,8 +119,11 @@ def received_ids(upstream: Upstream) -> Counter[str]:
     return Counter(email.message_from_bytes(r.data)["X-Test-Id"] for r in upstream.received)
 
 
-@pytest.fixture
-def setup(make_instance, database_url, tmp_path) -> Iterator[tuple[GatewayProcess, Upstream]]:  # type: ignore[no-untyped-def]
+@contextmanager
+def gateway_process(make_instance: Any, database_url: str, tmp_path: Path, *, smtps_port: int,
+                    processes: int = 1) -> Iterator[tuple[GatewayProcess, Upstream]]:
+    """`congvu mailgw serve` as a process (not yet started) relaying to a TLS upstream on
+    loopback, with one official; killed at the end whatever the test did to it."""
     certs = make_certificates(tmp_path / "relay-tls")
     with Upstream(tls=certs) as upstream:
         port = free_port()
@@ -132,8 +136,9 @@ database_url = "{database_url}"
 [mailgw]
 listen_address = "127.0.0.1"
 submission_port = {port}
-smtps_port = {free_port()}
+smtps_port = {smtps_port}
 hostname = "mail.test"
+processes = {processes}
 [mailgw.delivery]
 relay = "{upstream.address}"
 ca_file = "{certs.ca_file}"
@@ -156,6 +161,12 @@ recipients_per_day = 10000000
         finally:
             if gateway.process is not None:
                 gateway.stop(signal.SIGKILL)
+
+
+@pytest.fixture
+def setup(make_instance, database_url, tmp_path) -> Iterator[tuple[GatewayProcess, Upstream]]:  # type: ignore[no-untyped-def]
+    with gateway_process(make_instance, database_url, tmp_path, smtps_port=free_port()) as running:
+        yield running
 
 
 def test_sigkill_under_load_loses_no_acknowledged_message(setup: Any) -> None:

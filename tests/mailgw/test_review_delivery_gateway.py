@@ -31,7 +31,7 @@ from sqlalchemy import select
 
 from identity.cli import main as cli
 from identity.models import AuditEvent
-from tests.helpers import csrf_token, post_login
+from tests.helpers import csrf_token
 from tests.mailgw.gateway_fixture import RunningGateway, client_tls, gateway_settings, running_gateway
 from tests.mailgw.upstream import RelayCertificates, Upstream, make_certificates, wait_until
 
@@ -143,7 +143,7 @@ def test_delivered_upstream_and_verified_against_congvu_dkim_dns(make_instance, 
 
 def test_quarantined_then_released_in_the_console_then_delivered(make_instance, certs,  # type: ignore[no-untyped-def]
                                                                  database_url: str) -> None:
-    from tests.audit.test_console import enrol_totp, sign_in_with_totp
+    from tests.audit.test_console import signed_in_auditor
 
     with Upstream(tls=certs) as upstream:
         instance = official(make_instance, upstream, certs)
@@ -157,11 +157,7 @@ def test_quarantined_then_released_in_the_console_then_delivered(make_instance, 
             time.sleep(2.5)  # a few worker polls: nothing held may leave
             assert upstream.received == []
 
-            http = instance.client()
-            post_login(http, "kiemtoan")
-            secret = enrol_totp(http)
-            console = instance.client()
-            sign_in_with_totp(console, "kiemtoan", secret)
+            console = signed_in_auditor(instance)
             page = console.get(f"/audit/quarantine/{held_id}").get_data(as_text=True)
             answer = console.post(f"/audit/quarantine/{held_id}/release",
                                   data={"csrf_token": csrf_token(page)})

@@ -7,7 +7,7 @@ from typing import Any
 
 import pytest
 
-from tests.audit.test_console import enrol_totp, sign_in_with_totp
+from tests.audit.test_console import signed_in_auditor
 from tests.helpers import csrf_token, post_login
 from tests.sessions_admin.flows import grants_of, open_sids, revoked_records, session_with_application
 
@@ -16,12 +16,7 @@ from tests.sessions_admin.flows import grants_of, open_sids, revoked_records, se
 def auditor(instance) -> Any:  # type: ignore[no-untyped-def]
     """An auditor's browser, signed in with password + TOTP."""
     instance.add_user("kiemtoan", groups=["auditors"])
-    http = instance.client()
-    post_login(http, "kiemtoan")
-    secret = enrol_totp(http)
-    fresh = instance.client()
-    sign_in_with_totp(fresh, "kiemtoan", secret)
-    return fresh
+    return signed_in_auditor(instance)
 
 
 @pytest.fixture
