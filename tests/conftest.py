@@ -102,6 +102,17 @@ def database_url(backend: str, tmp_path, postgres) -> Iterator[str]:  # type: ig
 
 
 @pytest.fixture
+def database(database_url: str) -> Iterator[Any]:
+    """The test's database, migrated, without an app around it (identity.db.Database)."""
+    from identity.db import Database
+
+    database = Database(database_url)
+    database.upgrade()
+    yield database
+    database.dispose()
+
+
+@pytest.fixture
 def make_instance(tmp_path, database_url: str):  # type: ignore[no-untyped-def]
     """Factory: an app on this test's database, with optional setting overrides."""
     created: list[Instance] = []

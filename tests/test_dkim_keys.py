@@ -35,14 +35,6 @@ DOMAIN = "phutho.gov.vn"
 DAY = 86400
 
 
-@pytest.fixture
-def database(database_url: str):  # type: ignore[no-untyped-def]
-    database = Database(database_url)
-    database.upgrade()
-    yield database
-    database.dispose()
-
-
 def states(keys: DkimKeys, domain: str = DOMAIN) -> dict[tuple[str, str], list[str]]:
     found: dict[tuple[str, str], list[str]] = {}
     for record in keys.published(domain):

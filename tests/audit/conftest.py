@@ -3,7 +3,6 @@ and an AuditLog on it."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -12,14 +11,6 @@ from sqlalchemy import select, text
 from identity.audit.log import AuditLog
 from identity.db import Database
 from keys.master import MasterKey
-
-
-@pytest.fixture
-def database(database_url: str) -> Iterator[Database]:
-    database = Database(database_url)
-    database.upgrade()
-    yield database
-    database.dispose()
 
 
 @pytest.fixture

@@ -5,10 +5,8 @@ limit holds exactly under concurrent sends."""
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterator
 from email.message import EmailMessage
 
-import pytest
 from sqlalchemy import text
 
 from identity.db import Database
@@ -27,14 +25,6 @@ class Clock:
 
     def __call__(self) -> float:
         return self.now
-
-
-@pytest.fixture
-def database(database_url: str) -> Iterator[Database]:
-    database = Database(database_url)
-    database.upgrade()
-    yield database
-    database.dispose()
 
 
 def submission(sender: Sender, recipients: int) -> Submission:
