@@ -201,8 +201,9 @@ def finish_sign_in(user: User, *, amr: list[str], acr: str, interaction_id: str 
 def mfa_required(user: User, client_id: str | None = None) -> str | None:
     """The MFA policy's reason code when this user (at this client) needs a second factor."""
     config = services().config
-    decision = config.mfa_policy.requirement(groups=group_names(user),
-                                             privileged=is_privileged(user, config), client_id=client_id)
+    groups = group_names(user)
+    decision = config.mfa_policy.requirement(groups=groups, privileged=is_privileged(user, config, groups),
+                                             client_id=client_id)
     return None if decision else decision.reason
 
 

@@ -57,7 +57,8 @@ def start_url(client: Client, issuer: str) -> str | None:
 
 
 def portal_applications(session: Session, user: User, config: Config) -> list[PortalApplication]:
-    groups, roles = group_names(user), roles_of(user, config)
+    groups = group_names(user)
+    roles = roles_of(user, config, groups)
     listed = []
     query = select(Client).where(Client.show_in_portal.is_(True)).order_by(Client.name)
     for client in session.scalars(query):

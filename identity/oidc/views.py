@@ -224,9 +224,10 @@ def authorize() -> Response:
         return redirect(url_for("login.login_form", i=interaction_id), 302)
 
     assert active is not None and end_user is not None
-    access = client_access(user_groups=group_names(active.user),
+    groups = group_names(active.user)
+    access = client_access(user_groups=groups,
                            allowed_groups=client.row.allowed_groups or (),
-                           user_roles=roles_of(active.user, services().config),
+                           user_roles=roles_of(active.user, services().config, groups),
                            allowed_roles=client.row.allowed_roles or ())
     if access:
         access = client_acr_requirement(active, client.row.required_acr)
