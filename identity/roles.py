@@ -6,10 +6,15 @@ that confers each role is a setting (`roles.auditor_group`, `roles.admin_group`)
 
 from __future__ import annotations
 
-from sqlalchemy import inspect, select
+from sqlalchemy import bindparam, inspect, select
 
 from identity.config import Config
 from identity.models import Group, User, user_groups
+
+# Built once: constructing a statement costs more than running it on this path.
+_GROUP_NAMES = (select(Group.__table__.c.name)
+                .join(user_groups, user_groups.c.group_id == Group.__table__.c.id)
+                .where(user_groups.c.user_id == bindparam("user_id")))
 
 
 def group_names(user: User) -> set[str]:
@@ -22,10 +27,7 @@ def group_names(user: User) -> set[str]:
     membership change can be missed: changing `user.groups` loads it first."""
     state = inspect(user)
     if "groups" in state.unloaded and state.session is not None and state.key is not None:
-        names = state.session.connection().scalars(
-            select(Group.__table__.c.name).join(user_groups, user_groups.c.group_id == Group.__table__.c.id)
-            .where(user_groups.c.user_id == user.id))
-        return set(names)
+        return set(state.session.connection().scalars(_GROUP_NAMES, {"user_id": user.id}))
     return {group.name for group in user.groups}
 
 

@@ -26,6 +26,8 @@ SSO_COOKIE_INSECURE = "congvu_sso"  # for `secure_cookies = false` deployments o
 ACR_SINGLE_FACTOR = "urn:congvu:acr:1"
 ACR_MULTI_FACTOR = "urn:congvu:acr:2"
 
+_INSERT_SESSION = insert(SsoSession.__table__)  # built once: see start_session
+
 
 @dataclass
 class ActiveSession:
@@ -100,7 +102,7 @@ def start_session(user: User, *, amr: list[str], acr: str | None) -> tuple[SsoSe
     # starts a session, and the unit of work's flush of this one row was a tenth of the
     # sign-in's own cost (bench/run_login.py).
     session.flush()  # anything pending first, in the order the ORM would have written it
-    session.connection().execute(insert(SsoSession.__table__).values(**values))
+    session.connection().execute(_INSERT_SESSION, values)
     row = SsoSession(**values)
     make_transient_to_detached(row)
     session.add(row)

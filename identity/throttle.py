@@ -15,7 +15,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import case, delete, insert, select, update
+from sqlalchemy import bindparam, case, delete, insert, select, update
 from sqlalchemy.dialects.postgresql import insert as postgresql_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.orm import Session
@@ -27,6 +27,18 @@ from policies import CounterState, Decision, LockoutPolicy
 INFINITY = float("inf")
 # Session.info key: counters this request's check() found absent (see record_success).
 ABSENT_COUNTERS = "congvu.throttle.absent"
+
+# Built once: constructing a statement costs more than running it on every sign-in.
+_COUNTERS = ThrottleCounter.__table__
+_READ_COUNTERS = select(_COUNTERS.c.key, _COUNTERS.c.failures, _COUNTERS.c.last_failure_at,
+                        _COUNTERS.c.locked_until, _COUNTERS.c.disabled
+                        ).where(_COUNTERS.c.key.in_(bindparam("keys", expanding=True)))
+_DELETE_COUNTER = delete(_COUNTERS).where(_COUNTERS.c.key == bindparam("key"))
+_DEVICES = KnownDevice.__table__
+_TOUCH_DEVICE = (update(_DEVICES).where(_DEVICES.c.id_hash == bindparam("device"),
+                                        _DEVICES.c.user_id == bindparam("user"))
+                 .values(last_used_at=bindparam("now")))
+_ADD_DEVICE = insert(_DEVICES)
 
 
 def account_key(username: str) -> str:
@@ -98,11 +110,8 @@ class LoginThrottle:
         """Several counters in one Core SELECT on the session's connection: check() needs
         three on every sign-in, and one plain statement instead of three ORM loads is
         measurable there (bench/run_login.py)."""
-        table = ThrottleCounter.__table__
         session.flush()  # what an ORM query would have done first
-        rows = session.connection().execute(
-            select(table.c.key, table.c.failures, table.c.last_failure_at, table.c.locked_until,
-                   table.c.disabled).where(table.c.key.in_(keys)))
+        rows = session.connection().execute(_READ_COUNTERS, {"keys": list(keys)})
         found = {row.key: CounterState(int(row.failures), float(row.last_failure_at),
                                        INFINITY if row.disabled else float(row.locked_until))
                  for row in rows}
@@ -149,12 +158,11 @@ class LoginThrottle:
         # no failure, and two DELETEs of nothing were a tenth of the sign-in's own cost. A
         # failure counted by another request since then stays counted (the safe side).
         absent = session.info.get(ABSENT_COUNTERS, set())
-        table = ThrottleCounter.__table__
         # Account, then pair: the order record_failure locks them in (one DELETE of both
         # could lock the pair first and deadlock with a failure on PostgreSQL).
         for key in (user_key, pair_key):
             if key not in absent:
-                session.connection().execute(delete(table).where(table.c.key == key))
+                session.connection().execute(_DELETE_COUNTER, {"key": key})
 
     def unlock(self, session: Session, username: str) -> bool:
         """Clear the account's counters (from every address). True if it was locked."""
@@ -183,17 +191,15 @@ class LoginThrottle:
         # Core statements on the session's connection, not ORM objects: this runs on every
         # sign-in, and the unit of work's flush of one small row cost more than the row.
         now = int(time.time())
-        table = KnownDevice.__table__
         connection = session.connection()
         if cookie_value and len(cookie_value) <= 128:
-            touched = connection.execute(
-                update(table).where(table.c.id_hash == token_hash(cookie_value), table.c.user_id == user.id)
-                .values(last_used_at=now))
+            touched = connection.execute(_TOUCH_DEVICE, {"device": token_hash(cookie_value), "user": user.id,
+                                                         "now": now})
             if touched.rowcount == 1:
                 return None
         value = new_token(32)
-        connection.execute(insert(table).values(id_hash=token_hash(value), user_id=user.id, created_at=now,
-                                                last_used_at=now))
+        connection.execute(_ADD_DEVICE, {"id_hash": token_hash(value), "user_id": user.id, "created_at": now,
+                                         "last_used_at": now})
         return value
 
 
