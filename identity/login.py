@@ -252,11 +252,13 @@ def _current_challenge() -> tuple[LoginChallenge, User] | None:
     value = session.get("mfa_challenge")
     if not isinstance(value, str):
         return None
-    challenge = db().get(LoginChallenge, token_hash(value))
-    if challenge is None or challenge.expires_at <= time.time():
+    # The challenge and its user in one statement: both pages of the second factor ask.
+    found = db().execute(select(LoginChallenge, User).join(User, User.id == LoginChallenge.user_id)
+                         .where(LoginChallenge.id_hash == token_hash(value))).first()
+    if found is None:
         return None
-    user = db().get(User, challenge.user_id)
-    if user is None or user.disabled:
+    challenge, user = found
+    if challenge.expires_at <= time.time() or user.disabled:
         return None
     return challenge, user
 
