@@ -2,7 +2,8 @@
 dual signing (Ed25519 + RSA-2048) and durable queueing, side by side with Postfix.
 
     .venv/bin/python bench/run_mail.py [--runs 3] [--messages 3000] [--sessions 20] [--processes 1,3]
-                                       [--database-url postgresql://...] [--only congvu,postfix]
+                                       [--relay discard,sink] [--database-url postgresql://...]
+                                       [--only congvu,postfix]
 
 Needs root (a throwaway Postfix instance runs its daemons as `postfix`) and the Debian
 packages postfix (postfix, smtp-source, smtp-sink) and opendkim. Not run in CI.
@@ -12,7 +13,11 @@ Scenarios, each on loopback on this machine:
   --database-url; `mailgw.processes` from --processes), one official, STARTTLS +
   AUTH PLAIN once per session (the gateway refuses mail without both), policy on with
   per-user counters, every message signed Ed25519 + RSA-2048 and committed to the queue
-  before its 250; the delivery worker relays to Postfix's `smtp-sink` meanwhile.
+  before its 250. Meanwhile its delivery worker, in the first process, either delivers
+  to discard (`mailgw.delivery.relay = "discard:"`: claims, records each recipient as
+  delivered and audits it, sends nothing), as Postfix below does: the like-for-like row;
+  or relays every message to Postfix's `smtp-sink` on loopback, a real SMTP delivery
+  whose work (and smtp-sink's) shares the same cores.
 - postfix: a Postfix 3.7 instance in a temporary folder (`postfix -c DIR`), queue
   files fsynced by cleanup as always, every recipient delivered by the `discard`
   transport; alone, with one OpenDKIM milter (RSA-2048), and with two (RSA-2048 and
@@ -44,7 +49,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Iterator
-from contextlib import contextmanager, suppress
+from contextlib import contextmanager, nullcontext, suppress
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -95,6 +100,7 @@ class PoolResult:
     seconds: float
     latencies: list[float]
     errors: int
+    cpu_seconds: float | None = None  # the server's, when measured (congvu)
 
     @property
     def rate(self) -> float:
@@ -103,6 +109,32 @@ class PoolResult:
     def percentile(self, fraction: float) -> float:
         ordered = sorted(self.latencies)
         return ordered[min(len(ordered) - 1, int(fraction * len(ordered)))] if ordered else float("nan")
+
+
+# -- CPU time of the server's processes ------------------------------------------------------
+CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
+
+
+def process_tree(pid: int) -> list[int]:
+    """`pid` and its children (the gateway's listener processes)."""
+    pids = [pid]
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            with suppress(OSError, IndexError, ValueError):
+                fields = Path(f"/proc/{entry}/stat").read_text().rsplit(")", 1)[1].split()
+                if int(fields[1]) == pid:
+                    pids.append(int(entry))
+    return pids
+
+
+def cpu_seconds(pids: list[int]) -> float:
+    """User + system CPU the processes have used so far (utime and stime in /proc/PID/stat)."""
+    ticks = 0
+    for pid in pids:
+        with suppress(OSError, IndexError, ValueError):
+            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+            ticks += int(fields[11]) + int(fields[12])
+    return ticks / CLOCK_TICKS
 
 
 async def _reply(reader: asyncio.StreamReader) -> tuple[int, bytes]:
@@ -192,10 +224,14 @@ def smtp_source(port: int, *, messages: int, sessions: int, size: int) -> PoolRe
 
 
 # -- the servers ----------------------------------------------------------------------------
+def smtp_sink_command(port: int | str) -> list[str]:
+    return ["smtp-sink", "-u", "postfix", f"127.0.0.1:{port}", "256"]
+
+
 @contextmanager
 def smtp_sink() -> Iterator[int]:
     port = free_port()
-    process = subprocess.Popen(["smtp-sink", "-u", "postfix", f"127.0.0.1:{port}", "256"],  # noqa: S603, S607
+    process = subprocess.Popen(smtp_sink_command(port),  # noqa: S603
                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         wait_for_port(port, process=process)
@@ -205,21 +241,32 @@ def smtp_sink() -> Iterator[int]:
         process.wait(10)
 
 
+def congvu_settings(database_url: str, port: int | str, relay: str, processes: int) -> list[str]:
+    """The gateway's congvu.toml; `relay` is "discard:" or "127.0.0.1:PORT" (smtp-sink)."""
+    return [
+        'issuer = "http://127.0.0.1:5000"',
+        f'database_url = "{database_url}"',
+        "[mailgw]", 'hostname = "bench.localdomain"', 'listen_address = "127.0.0.1"',
+        f"submission_port = {port}", "smtps_port = 0", f"processes = {processes}",
+        "[mailgw.delivery]", f'relay = "{relay}"', 'starttls = "opportunistic"',
+        "[dkim]", f'domains = "{DOMAIN}"',
+        # Counted as always (a database update per message), never reached.
+        "[policies.mail]", "recipients_per_hour = 1000000", "recipients_per_day = 10000000",
+    ]
+
+
+@dataclass
+class RunningGateway:
+    port: int
+    pid: int  # the first process; the listener processes are its children
+
+
 @contextmanager
-def congvu_gateway(database_url: str, relay_port: int, processes: int = 1) -> Iterator[int]:
+def congvu_gateway(database_url: str, relay: str, processes: int = 1) -> Iterator[RunningGateway]:
     with tempfile.TemporaryDirectory(prefix="congvu-mailbench-") as folder:
         data = Path(folder)
         port = free_port()
-        settings = [
-            'issuer = "http://127.0.0.1:5000"',
-            f'database_url = "{database_url}"',
-            "[mailgw]", 'hostname = "bench.localdomain"', 'listen_address = "127.0.0.1"',
-            f"submission_port = {port}", "smtps_port = 0", f"processes = {processes}",
-            "[mailgw.delivery]", f'relay = "127.0.0.1:{relay_port}"', 'starttls = "opportunistic"',
-            "[dkim]", f'domains = "{DOMAIN}"',
-            # Counted as always (a database update per message), never reached.
-            "[policies.mail]", "recipients_per_hour = 1000000", "recipients_per_day = 10000000",
-        ]
+        settings = congvu_settings(database_url, port, relay, processes)
         (data / "congvu.toml").write_text("\n".join(settings) + "\n")
         env = {**os.environ, "CONGVU_DATA_DIR": str(data)}
         cli = [str(CONGVU), "--data", str(data)]
@@ -232,7 +279,7 @@ def congvu_gateway(database_url: str, relay_port: int, processes: int = 1) -> It
                                    stderr=subprocess.STDOUT)
         try:
             wait_for_port(port, process=process)
-            yield port
+            yield RunningGateway(port, process.pid)
         finally:
             process.send_signal(signal.SIGTERM)
             try:
@@ -341,6 +388,17 @@ def median_of(results: list[PoolResult]) -> tuple[float, float, float]:
             statistics.median(p99) if p99 else float("nan"))
 
 
+def cpu_per_message(results: list[PoolResult]) -> str:
+    """Median of the server's CPU milliseconds per accepted message, or — if not measured."""
+    measured = [r.cpu_seconds / r.messages * 1000 for r in results
+                if r.cpu_seconds is not None and r.messages]
+    return f"{statistics.median(measured):.2f} ms" if measured else "—"
+
+
+RELAYS = {"discard": ("delivery to discard", "discard:"),
+          "sink": ("relayed to smtp-sink", "127.0.0.1:PORT")}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -354,15 +412,35 @@ def main() -> None:
     parser.add_argument("--processes", default="3",
                         help="the gateway's mailgw.processes (2 cores: 3, the first also delivers); "
                              "comma-separated for one row each")
+    parser.add_argument("--relay", default="discard,sink",
+                        help="the gateway's delivery, one row each: discard (mailgw.delivery.relay = "
+                             "\"discard:\", as Postfix's discard transport) and/or sink (relayed to "
+                             "smtp-sink)")
     args = parser.parse_args()
     only = set(args.only.split(","))
+    relays = [relay for relay in args.relay.split(",") if relay]
+    unknown = set(relays) - set(RELAYS)
+    if unknown:
+        parser.error(f"--relay: unknown {', '.join(sorted(unknown))} (discard, sink)")
     load = {"messages": args.messages, "sessions": args.sessions, "size": args.size}
     rows: list[tuple[str, str, list[PoolResult]]] = []
+    commands: dict[str, list[str]] = {}
 
-    def measure(scenario: str, port: int, secure: bool, with_smtp_source: bool) -> None:
+    def measure(scenario: str, port: int, secure: bool, with_smtp_source: bool,
+                server_pid: int | None = None) -> None:
         smtp_pool(port, messages=min(200, args.messages), sessions=args.sessions, size=args.size,
                   secure=secure)  # warm-up: caches, processes, first keys opened
-        pool = [smtp_pool(port, secure=secure, **load) for _ in range(args.runs)]
+        pool = []
+        for _ in range(args.runs):
+            pids = process_tree(server_pid) if server_pid is not None else []
+            before = cpu_seconds(pids)
+            result = smtp_pool(port, secure=secure, **load)
+            if pids:
+                # What the server did for these messages, including the delivery worker's
+                # work on them that is still under way when the last reply came.
+                time.sleep(0.5)
+                result.cpu_seconds = cpu_seconds(pids) - before
+            pool.append(result)
         rows.append((scenario, "smtp_pool" + (" (STARTTLS + AUTH)" if secure else ""), pool))
         print(f"  {scenario} smtp_pool: " + ", ".join(f"{r.rate:,.0f}/s" for r in pool), file=sys.stderr)
         if with_smtp_source:
@@ -373,16 +451,34 @@ def main() -> None:
 
     if "congvu" in only:
         for processes in (int(count) for count in args.processes.split(",")):
-            print(f"congvu gateway, {processes} process(es) ...", file=sys.stderr)
-            with smtp_sink() as sink, congvu_gateway(args.database_url, sink, processes) as port:
-                measure(f"congvu gateway (dual DKIM, queue committed), mailgw.processes = {processes}",
-                        port, True, False)
+            for relay in relays:
+                words, setting = RELAYS[relay]
+                scenario = (f"congvu gateway (dual DKIM, queue committed, {words}), "
+                            f"mailgw.processes = {processes}")
+                print(f"{scenario} ...", file=sys.stderr)
+                sink = smtp_sink() if relay == "sink" else nullcontext(None)
+                with sink as sink_port:
+                    relay_value = setting if sink_port is None else f"127.0.0.1:{sink_port}"
+                    with congvu_gateway(args.database_url, relay_value, processes) as gateway:
+                        measure(scenario, gateway.port, True, False, server_pid=gateway.pid)
+                toml = congvu_settings(args.database_url, "PORT", setting, processes)
+                commands[scenario] = [
+                    *([" ".join(smtp_sink_command("PORT")) + "   # the relay"] if relay == "sink" else []),
+                    "DATA/congvu.toml (one line each): " + " | ".join(toml),
+                    f"{CONGVU} --data DATA db upgrade",
+                    f"{CONGVU} --data DATA user add {SENDER.split('@')[0]} --name 'Bench User' "
+                    f"--email {SENDER} --password-stdin",
+                    f"CONGVU_DATA_DIR=DATA {CONGVU} --data DATA mailgw serve"]
     if "postfix" in only:
         for scenario, milters in (("postfix alone", []), ("postfix + opendkim rsa", ["rsa"]),
                                   ("postfix + opendkim rsa + ed25519", ["rsa", "ed"])):
             print(f"{scenario} ...", file=sys.stderr)
             with postfix(milters) as port:
                 measure(scenario, port, False, True)
+            milter_list = ", ".join(f"unix:DIR/milters/{m}.sock (opendkim -x DIR/{m}.conf)" for m in milters)
+            commands[scenario] = [
+                "postfix -c DIR/conf start; main.cf: default_transport = relay_transport = local_transport "
+                "= discard" + (f"; smtpd_milters = {milter_list}" if milters else "")]
 
     database = args.database_url.split(":", 1)[0] if args.database_url else "sqlite (WAL)"
     print(f"# Mail benchmark — {machine()}")
@@ -392,13 +488,22 @@ def main() -> None:
     print(f"# smtp-source command: smtp-source -d -s {args.sessions} -m {args.messages} -l {args.size} "
           f"-f {SENDER} -t {RECIPIENT} 127.0.0.1:PORT")
     print()
-    print("| scenario | load generator | msgs/s | p50 | p99 | issue's figure |")
-    print("|---|---|---:|---:|---:|---:|")
+    print("| scenario | load generator | msgs/s | p50 | p99 | server CPU per message | issue's figure |")
+    print("|---|---|---:|---:|---:|---:|---:|")
     for scenario, generator, results in rows:
         rate, p50, p99 = median_of(results)
         latency = (f"{p50:,.1f} ms", f"{p99:,.1f} ms") if results[0].latencies else ("—", "—")
         figure = PEER_FIGURES.get(scenario, "≥ 350 target, 1,050 goal")
-        print(f"| {scenario} | {generator} | {rate:,.0f} | {latency[0]} | {latency[1]} | {figure} |")
+        print(f"| {scenario} | {generator} | {rate:,.0f} | {latency[0]} | {latency[1]} "
+              f"| {cpu_per_message(results)} | {figure} |")
+    print()
+    print("Server side of each row (CPU per message: user + system time of the gateway's processes, "
+          "/proc/PID/stat, over the run, divided by the messages accepted):")
+    print()
+    for scenario, lines in commands.items():
+        print(f"- {scenario}:")
+        for line in lines:
+            print(f"  `{line}`")
 
 
 if __name__ == "__main__":

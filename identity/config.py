@@ -17,7 +17,9 @@ import dataclasses
 import inspect
 import json
 import os
+import re
 import tomllib
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -58,6 +60,48 @@ class Setting:
     choices: tuple[str, ...] = ()
     minimum: int | None = None
     maximum: int | None = None
+    # A value's problem in words (the error then names the key and the source), or None.
+    check: Callable[[Any], str | None] | None = None
+
+
+# `mailgw.delivery.relay`'s value for delivering nothing, like Postfix's `discard:` transport.
+DISCARD_RELAY = "discard:"
+_RELAY = re.compile(r"\[([0-9A-Fa-f:.]+)\](?::(\d+))?|([^:\[\]\s]+)(?::(\d+))?")
+
+
+def split_relay(value: str) -> tuple[str, int]:
+    """`host:port`, `[v6]:port` or `host` (port 25) → (host, port); "" → ("", 0). Raises
+    ValueError for anything else (`discard:` too: the caller checks for DISCARD_RELAY first)."""
+    value = value.strip()
+    if not value:
+        return "", 0
+    match = _RELAY.fullmatch(value)
+    if not match:
+        raise ValueError(f"expected host:port, [IPv6]:port or {DISCARD_RELAY}, got {value!r}")
+    host = match.group(1) or match.group(3)
+    port = int(match.group(2) or match.group(4) or 25)
+    if not 0 < port < 65536:
+        raise ValueError(f"port out of range in {value!r}")
+    return host, port
+
+
+def is_discard_relay(value: str) -> bool:
+    return value.strip().lower() == DISCARD_RELAY
+
+
+def _relay_problem(value: str) -> str | None:
+    if is_discard_relay(value):
+        return None
+    if value.strip().lower() == "discard":
+        # As Postfix's transport syntax, the colon says "no next hop". A bare word is a host
+        # name here, and mail to a host named `discard` that nobody meant would wait in the
+        # queue for days: refused instead.
+        return f"write {DISCARD_RELAY!r} to discard mail ('discard' alone would be a host name)"
+    try:
+        split_relay(value)
+    except ValueError as error:
+        return str(error)
+    return None
 
 
 SETTINGS: tuple[Setting, ...] = (
@@ -189,7 +233,8 @@ SETTINGS: tuple[Setting, ...] = (
             minimum=0, maximum=65535),
     Setting("mailgw.tls_cert_file", str, "",
             "PEM certificate chain of the listeners. Empty: a self-signed certificate generated "
-            "into `<data>/mailgw-tls/` (with a warning; for demos and tests only). A relative "
+            "into `<data>/mailgw-tls/`, its key encrypted under the master key and renewed 30 days "
+            "before it expires (keys/tls.py; with a warning; for demos and tests only). A relative "
             "path is taken from the instance folder."),
     Setting("mailgw.tls_key_file", str, "",
             "PEM private key of the certificate, if not in the same file."),
@@ -214,7 +259,10 @@ SETTINGS: tuple[Setting, ...] = (
             minimum=0, maximum=90 * 86400),
     Setting("mailgw.delivery.relay", str, "",
             "`host:port` (`[v6]:port` for IPv6) of the upstream relay every accepted message is "
-            "handed to. Empty: nothing is delivered; mail stays queued (with a warning)."),
+            "handed to. Empty: nothing is delivered; mail stays queued (with a warning). "
+            "`discard:`: every recipient is marked delivered and audited as such (detail "
+            "`discarded`) without any connection, like Postfix's `discard` transport: for staging "
+            "and benchmarks, never production (a warning at start).", check=_relay_problem),
     Setting("mailgw.delivery.starttls", str, "required",
             "TLS to the relay: `required` (no STARTTLS offered, or a certificate that does not "
             "verify for the relay's host name: the message is deferred) or `opportunistic` "
@@ -361,6 +409,9 @@ def _coerce(setting: Setting, raw: Any, source: str) -> Any:
         raise ConfigError(f"{key}: must be at least {setting.minimum}, got {raw} ({source})")
     if setting.maximum is not None and raw > setting.maximum:
         raise ConfigError(f"{key}: must be at most {setting.maximum}, got {raw} ({source})")
+    problem = setting.check(raw) if setting.check is not None else None
+    if problem:
+        raise ConfigError(f"{key}: {problem} ({source})")
     return raw
 
 

@@ -22,7 +22,15 @@ duplicate. Postfix has the same window (RFC 5321 §6.1 accepts duplicates over l
 
 Audited per job and result: `mail.delivered`, `mail.deferred`, `mail.bounced` (queue
 id, recipient domain, recipient count, RFC 3463 status code; never an address's local
-part or any content). The relay password is read once and appears in no log or repr.
+part or any content), in the transaction that stores the results (MailQueue.record's
+`audit`). The relay password is read once and appears in no log or repr.
+
+`mailgw.delivery.relay = "discard:"` (Postfix's `discard` transport): the scheduler
+still claims every due recipient with a lease, and marks it delivered in the queue
+writer's transaction, audited `mail.delivered` with the detail `discarded`, but nothing
+is read or sent: no connection, no delivery thread. A claimed batch (up to
+DISCARD_BATCH recipients) is recorded and audited at once. For staging, and for the
+benchmark that compares the gateway with Postfix delivering to `discard`.
 """
 
 from __future__ import annotations
@@ -45,6 +53,7 @@ from pathlib import Path
 from typing import Any
 
 from identity.audit.log import AuditEntry, AuditLog
+from identity.config import DISCARD_RELAY, is_discard_relay, split_relay
 from mailgw.dsn import FailedRecipient, build_dsn
 from mailgw.queue import BOUNCED, DEFERRED, DELIVERED, Claimed, MailQueue, NewMessage, Outcome, RetrySchedule
 from mailgw.signing import SigningError
@@ -56,6 +65,14 @@ PURGE_EVERY = 60
 # A connection left idle longer than this is closed rather than reused: relays drop idle
 # clients (Postfix's smtpd_timeout is 300 s), and a reconnect is cheaper than a failure.
 IDLE_REUSE_SECONDS = 30
+# Recipients the discard relay claims, records and audits at once: one claim, one query
+# of the senders and one queue transaction (with the audit records) per batch.
+DISCARD_BATCH = 256
+# ... and how long it lets mail gather after a batch that was not full. Woken by every
+# queue commit (a handful of messages each), it would otherwise spend a claim and a
+# transaction, each waiting for the database's one writer, on every handful; nothing
+# waits for a discarded message.
+DISCARD_GATHER_SECONDS = 0.1
 
 _ENHANCED = re.compile(r"^([245])\.(\d{1,3})\.(\d{1,3})\b")
 
@@ -66,7 +83,7 @@ class DeliverySetupError(ValueError):
 
 @dataclass(frozen=True)
 class DeliverySettings:
-    relay_host: str  # "" = no relay configured: nothing is delivered
+    relay_host: str  # "" = no relay configured: nothing is delivered (unless `discard`)
     relay_port: int
     starttls: str  # "required" | "opportunistic"
     ca_file: str | None
@@ -79,10 +96,13 @@ class DeliverySettings:
     poll_seconds: int = 5
     lease_seconds: int = 60
     schedule: RetrySchedule = field(default_factory=RetrySchedule)
+    # mailgw.delivery.relay = "discard:": recipients are marked delivered, nothing is sent.
+    discard: bool = False
 
     @classmethod
     def from_config(cls, config: Any) -> DeliverySettings:
-        host, port = parse_relay(config["mailgw.delivery.relay"])
+        discard = is_discard_relay(config["mailgw.delivery.relay"])
+        host, port = ("", 0) if discard else parse_relay(config["mailgw.delivery.relay"])
         password = ""
         if config["mailgw.delivery.password_file"]:
             path = Path(config["mailgw.delivery.password_file"])
@@ -105,22 +125,20 @@ class DeliverySettings:
                    destination_concurrency=config["mailgw.delivery.destination_concurrency"],
                    poll_seconds=config["mailgw.delivery.poll_seconds"],
                    lease_seconds=config["mailgw.delivery.lease_seconds"],
-                   schedule=RetrySchedule.from_config(config))
+                   schedule=RetrySchedule.from_config(config), discard=discard)
+
+    @property
+    def relay(self) -> str:
+        return DISCARD_RELAY if self.discard else f"{self.relay_host}:{self.relay_port}"
 
 
 def parse_relay(value: str) -> tuple[str, int]:
-    """`host:port`, `[v6]:port` or `host` (port 25) → (host, port); "" → ("", 0)."""
-    value = value.strip()
-    if not value:
-        return "", 0
-    match = re.fullmatch(r"\[([0-9A-Fa-f:.]+)\](?::(\d+))?|([^:\[\]\s]+)(?::(\d+))?", value)
-    if not match:
-        raise DeliverySetupError(f"mailgw.delivery.relay: expected host:port, got {value!r}")
-    host = match.group(1) or match.group(3)
-    port = int(match.group(2) or match.group(4) or 25)
-    if not 0 < port < 65536:
-        raise DeliverySetupError(f"mailgw.delivery.relay: port out of range in {value!r}")
-    return host, port
+    """`host:port`, `[v6]:port` or `host` (port 25) → (host, port); "" → ("", 0).
+    (identity.config checks the setting's syntax at load; `discard:` is no host.)"""
+    try:
+        return split_relay(value)
+    except ValueError as error:
+        raise DeliverySetupError(f"mailgw.delivery.relay: {error}") from None
 
 
 @dataclass(frozen=True)
@@ -352,6 +370,10 @@ def decide(claimed: Claimed, reply: Reply, created_at: int, now: int, schedule: 
     return Outcome(claimed.id, DEFERRED, now + schedule.delay(claimed.attempts + 1), reply.line, reply.status)
 
 
+# What the discard relay stores as each recipient's last answer (no server gave one).
+DISCARDED = Reply(None, "2.0.0", f"discarded (mailgw.delivery.relay = {DISCARD_RELAY})")
+
+
 class DeliveryWorker:
     """Relays queued mail upstream until stopped. `start()` returns at once; `stop()`
     lets deliveries in flight finish and gives back the leases of the others."""
@@ -377,23 +399,30 @@ class DeliveryWorker:
         self._running = 0
         self._local = threading.local()
         self._connections: list[RelayConnection] = []
+        # The queue appends the records of each result in the transaction that stores it.
+        self._audits_with_queue = getattr(queue, "audit_log", None) is audit_log
         queue.add_listener(self.wake)
 
     def __repr__(self) -> str:
-        return f"DeliveryWorker({self.owner!r}, relay={self.settings.relay_host}:{self.settings.relay_port})"
+        return f"DeliveryWorker({self.owner!r}, relay={self.settings.relay})"
 
     def wake(self) -> None:
         """Look for due mail now (called after each enqueue commit)."""
         self._wake.set()
 
     def start(self) -> None:
-        if not self.settings.relay_host:
+        s = self.settings
+        if not s.relay_host and not s.discard:
             log.warning("mailgw.delivery.relay is not set: accepted mail stays queued")
             return
         if self._thread is not None:
             return
-        s = self.settings
-        self._pool = ThreadPoolExecutor(max_workers=s.max_connections, thread_name_prefix="mailgw-delivery")
+        if s.discard:
+            log.warning("mailgw.delivery.relay = %s: accepted mail is marked delivered and never sent "
+                        "(staging and benchmarks only)", DISCARD_RELAY)
+        else:
+            self._pool = ThreadPoolExecutor(max_workers=s.max_connections,
+                                            thread_name_prefix="mailgw-delivery")
         self._thread = threading.Thread(target=self._run, name="mailgw-delivery-scheduler", daemon=True)
         self._thread.start()
 
@@ -421,15 +450,18 @@ class DeliveryWorker:
                     if now >= next_purge:
                         self.queue.purge_finished(int(now))
                         next_purge = now + PURGE_EVERY
-                    self._claim(int(now))
-                    self._dispatch()
+                    if s.discard:
+                        self._discard(int(now))
+                    else:
+                        self._claim(int(now))
+                        self._dispatch()
                 except Exception:  # noqa: BLE001 - a database outage must not end delivery
                     log.exception("mail delivery: scheduling failed; trying again")
                     self._stopping.wait(s.poll_seconds)
                 self._wake.wait(min(s.poll_seconds, renew_every))
         finally:
-            assert self._pool is not None
-            self._pool.shutdown(wait=True)  # attempts in flight store their results
+            if self._pool is not None:
+                self._pool.shutdown(wait=True)  # attempts in flight store their results
             try:
                 self.queue.release(self.owner)  # the backlog's leases, for the next process
             except Exception:  # noqa: BLE001
@@ -451,6 +483,51 @@ class DeliveryWorker:
         if claimed:
             with self._state:
                 self._backlog.extend(group_jobs(claimed))
+
+    def _discard(self, now: int) -> None:
+        """The discard relay: every due recipient delivered without a connection, a batch
+        at a time (claimed, recorded and audited in one queue transaction)."""
+        s = self.settings
+        while not self._stopping.is_set():
+            claimed = self.queue.claim(self.owner, now, s.lease_seconds, DISCARD_BATCH)
+            if claimed:
+                self._discard_batch(claimed, now)
+            if len(claimed) < DISCARD_BATCH:
+                if claimed:
+                    self._stopping.wait(DISCARD_GATHER_SECONDS)
+                return
+
+    def _discard_batch(self, claimed: list[Claimed], now: int) -> None:
+        jobs = group_jobs(claimed)
+        senders = self.queue.senders(job.message_id for job in jobs)
+        removed = [c.id for job in jobs if job.message_id not in senders for c in job.recipients]
+        if removed:  # removed (congvu mailgw queue remove) since the claim
+            self.queue.release(self.owner, removed)
+        by_message: dict[str, list[Job]] = {}  # a message's jobs: one per recipient domain
+        for job in jobs:
+            if job.message_id in senders:
+                by_message.setdefault(job.message_id, []).append(job)
+        if not by_message:
+            return
+        schedule = self.settings.schedule
+        results = [(message_id, [decide(recipient, DISCARDED, now, now, schedule)
+                                 for job in message_jobs for recipient in job.recipients])
+                   for message_id, message_jobs in by_message.items()]
+
+        def records(message_id: str, stored: list[Outcome]) -> list[AuditEntry]:
+            entries = []
+            for job in by_message[message_id]:
+                by_id = {c.id: (c, DISCARDED) for c in job.recipients}
+                entries += self._audit_entries(job, [o for o in stored if o.recipient_id in by_id], by_id,
+                                               senders[message_id], None, null_sender=False, discarded=True)
+            return entries
+
+        if self._audits_with_queue:
+            self.queue.record_many(self.owner, results, now, audit=records)
+        else:
+            stored = self.queue.record_many(self.owner, results, now)
+            self._append_audit([entry for (message_id, _), outcomes in zip(results, stored, strict=True)
+                                for entry in records(message_id, outcomes)], "discarded mail")
 
     def _dispatch(self) -> None:
         s = self.settings
@@ -530,11 +607,20 @@ class DeliveryWorker:
                     log.warning("DSN for %s queued without DKIM: no signing key", job.message_id)
             return NewMessage("", [mail_from], dsn, sender_sub=None, received_at=now)
 
-        stored, bounce_id = self.queue.record(self.owner, job.message_id, outcomes, now, bounce)
-        self._audit(job, stored, by_id, sender_sub, bounce_id, null_sender=not mail_from)
+        def records(stored: list[Outcome], bounce_id: str | None) -> list[AuditEntry]:
+            return self._audit_entries(job, stored, by_id, sender_sub, bounce_id, null_sender=not mail_from)
 
-    def _audit(self, job: Job, stored: list[Outcome], by_id: dict[int, tuple[Claimed, Reply]],
-               sender_sub: str | None, bounce_id: str | None, *, null_sender: bool) -> None:
+        if self._audits_with_queue:
+            # The records ride in the transaction that stores the results: both or neither.
+            self.queue.record(self.owner, job.message_id, outcomes, now, bounce, audit=records)
+        else:
+            stored, bounce_id = self.queue.record(self.owner, job.message_id, outcomes, now, bounce)
+            self._append_audit(records(stored, bounce_id), job.message_id)
+
+    @staticmethod
+    def _audit_entries(job: Job, stored: list[Outcome], by_id: dict[int, tuple[Claimed, Reply]],
+                       sender_sub: str | None, bounce_id: str | None, *, null_sender: bool,
+                       discarded: bool = False) -> list[AuditEntry]:
         entries = []
         for status in (DELIVERED, DEFERRED, BOUNCED):
             group = [outcome for outcome in stored if outcome.status == status]
@@ -553,10 +639,15 @@ class DeliveryWorker:
                 reason = "mail.expired" if expired else "mail.refused_upstream"
                 details["dsn_queue_id"] = bounce_id
                 details["dsn"] = "sent" if bounce_id else ("none: null sender" if null_sender else "none")
+            if discarded:
+                details["discarded"] = True  # mailgw.delivery.relay = "discard:": nothing was sent
             entries.append(AuditEntry(f"mail.{status}", "success" if status == DELIVERED else "failure",
                                       actor_sub=sender_sub, target=job.message_id, reason=reason,
                                       details=details))
+        return entries
+
+    def _append_audit(self, entries: list[AuditEntry], what: str) -> None:
         try:
             self.audit.append_many(entries)
         except Exception:  # noqa: BLE001 - the result is stored; a lost record is logged
-            log.exception("mail delivery: audit records for %s not written", job.message_id)
+            log.exception("mail delivery: audit records for %s not written", what)

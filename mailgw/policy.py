@@ -8,6 +8,9 @@ last the per-official rate counters, the one step that touches the database (two
 upserts). The counters of concurrent sessions are raised in one transaction (a group
 commit, as the audit log's): one transaction per message, each waiting its turn for the
 database's writer, capped the gateway at a few hundred messages a second by itself.
+Messages of one official in one batch (an application sending in bulk) are counted
+with one upsert per window when their sum fits; otherwise one by one, in order, which
+is what that one upsert stands for.
 A refusal beats a quarantine; the first refusal wins.
 
 Every decision is a `Verdict` whose reason code comes from policies/mail.py and whose
@@ -21,17 +24,16 @@ from __future__ import annotations
 import asyncio
 import functools
 import logging
+import re
 import threading
 import time
 import unicodedata
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from email.headerregistry import BaseHeader, HeaderRegistry
 from email.message import EmailMessage
 from email.parser import BytesParser
 from email.policy import EmailPolicy
 from typing import Any
-
-from sqlalchemy import text
 
 from identity.audit.group_commit import GroupCommit
 from identity.db import Database
@@ -72,20 +74,25 @@ RATE_WINDOWS_KEPT = 2 * DAY
 # One statement that raises a counter only while it stays within its limit: a row comes
 # back when it was raised, none when the limit would be passed. Same text on SQLite
 # (3.35+: RETURNING, ON CONFLICT ... DO UPDATE ... WHERE) and PostgreSQL.
-_RAISE_COUNTER = text(
-    "INSERT INTO mail_rate_counters (sender_sub, window_seconds, window_start, recipients) "
-    "VALUES (:sub, :seconds, :start, :count) "
-    "ON CONFLICT (sender_sub, window_seconds, window_start) DO UPDATE "
-    "SET recipients = mail_rate_counters.recipients + excluded.recipients "
-    "WHERE mail_rate_counters.recipients + excluded.recipients <= :limit "
-    "RETURNING recipients")
-_COUNTER = text("SELECT recipients FROM mail_rate_counters "
-               "WHERE sender_sub = :sub AND window_seconds = :seconds AND window_start = :start")
-_LOWER_COUNTER = text("UPDATE mail_rate_counters SET recipients = recipients - :count "
-                      "WHERE sender_sub = :sub AND window_seconds = :seconds AND window_start = :start")
-_DROP_EMPTY_COUNTER = text("DELETE FROM mail_rate_counters WHERE sender_sub = :sub "
-                           "AND window_seconds = :seconds AND window_start = :start AND recipients <= 0")
-_PRUNE_COUNTERS = text("DELETE FROM mail_rate_counters WHERE window_start < :before")
+_COUNTER_SQL = {
+    "raise": "INSERT INTO mail_rate_counters (sender_sub, window_seconds, window_start, recipients) "
+             "VALUES (:sub, :seconds, :start, :count) "
+             "ON CONFLICT (sender_sub, window_seconds, window_start) DO UPDATE "
+             "SET recipients = mail_rate_counters.recipients + excluded.recipients "
+             "WHERE mail_rate_counters.recipients + excluded.recipients <= :limit "
+             "RETURNING recipients",
+    "read": "SELECT recipients FROM mail_rate_counters "
+            "WHERE sender_sub = :sub AND window_seconds = :seconds AND window_start = :start",
+    "lower": "UPDATE mail_rate_counters SET recipients = recipients - :count "
+             "WHERE sender_sub = :sub AND window_seconds = :seconds AND window_start = :start",
+    "drop_empty": "DELETE FROM mail_rate_counters WHERE sender_sub = :sub "
+                  "AND window_seconds = :seconds AND window_start = :start AND recipients <= 0",
+    "prune": "DELETE FROM mail_rate_counters WHERE window_start < :before",
+}
+# Run on the driver's own cursor, in its parameter style (sqlite3 :name, psycopg %(name)s):
+# through SQLAlchemy each statement cost several times what the database takes to run it.
+_DRIVER_SQL = {"sqlite": _COUNTER_SQL,
+               "postgresql": {name: re.sub(r":(\w+)", r"%(\1)s", sql) for name, sql in _COUNTER_SQL.items()}}
 
 _HEADERS = HeaderRegistry()
 CACHED_HEADER_CHARS = 1000
@@ -214,14 +221,14 @@ class MailPolicyPipeline:
         if not policy.may_send_as(submission.mail_from, sender.addresses, sender.groups):
             return refusal("mail.sender_not_owned", header="envelope")
 
-        message = parse_message(submission.data)
+        message, body = _parse(submission.data)
         owner_verdict = self._judge_header_senders(message, sender)
         if owner_verdict is not None:
             return owner_verdict
 
         encrypt_for: tuple[str, ...] = ()
-        classification = classification_of(_header_text(message, policy.classification_header),
-                                           _header_text(message, "Subject"))
+        subject = _header_text(message, "Subject")
+        classification = classification_of(_header_text(message, policy.classification_header), subject)
         if classification is not None:
             decision = policy.classified_recipients_decision(submission.rcpt_tos)
             if not decision:
@@ -232,7 +239,7 @@ class MailPolicyPipeline:
                                recipients_without_certificate=len(unencryptable))
             encrypt_for = tuple(submission.rcpt_tos)
 
-        content = self._judge_content(message)
+        content = self._judge_content(message, body, subject)
         if content is not None and content.action is Action.REFUSE:
             return content
 
@@ -273,9 +280,10 @@ class MailPolicyPipeline:
                     return refusal("mail.sender_not_owned", header=name.lower())
         return None
 
-    def _judge_content(self, message: EmailMessage) -> Verdict | None:
+    def _judge_content(self, message: EmailMessage, body: bytes | None,
+                       subject: str | None) -> Verdict | None:
         """Attachments by real type and DLP patterns over the text: a refusal, a quarantine,
-        or None when the content is clean."""
+        or None when the content is clean. `body`: see `_parse`."""
         policy = self.policy
         budget = ArchiveBudget(policy.max_archive_members, policy.max_archive_expanded_bytes,
                                policy.max_archive_depth)
@@ -284,16 +292,12 @@ class MailPolicyPipeline:
         findings = 0
         texts: list[str] = []
         chars_left = policy.dlp_scan_chars
-        subject = _header_text(message, "Subject")
         if subject:
             texts.append(subject)
-        for index, part in enumerate(message.walk()):
+        for index, part, payload in _leaf_payloads(message, body):
             if index >= policy.max_mime_parts:
                 return refusal("mail.malformed", limit=policy.max_mime_parts)
-            if part.is_multipart():
-                continue
-            payload = part.get_payload(decode=True)
-            if not isinstance(payload, bytes):
+            if payload is None:
                 continue
             is_text = part.get_content_maintype() == "text"
             body_text = is_text and not part.get_filename() and part.get_content_disposition() != "attachment"
@@ -358,19 +362,23 @@ class MailPolicyPipeline:
         none of its counters is raised)."""
         from mailgw.queue import write_turn
 
-        results: list[int] = []
         with write_turn(self.database), self.database.engine.connect() as connection:
             transaction = connection.begin()
             try:
-                if self._postgresql:
-                    # A counter lost in a crash costs nothing worth an fsync per batch.
-                    connection.exec_driver_sql("SET LOCAL synchronous_commit TO OFF")
-                now = 0.0
-                for sub, recipients, now in (request for items in take() for request in items):
-                    results.append(self._raise_one(connection, sub, recipients, now))
-                if now - self._pruned_at >= PRUNE_EVERY:
-                    self._pruned_at = now
-                    connection.execute(_PRUNE_COUNTERS, {"before": int(now) - RATE_WINDOWS_KEPT})
+                counters = _Counters(connection.connection.driver_connection.cursor(),
+                                     _DRIVER_SQL[connection.dialect.name])
+                try:
+                    if self._postgresql:
+                        # A counter lost in a crash costs nothing worth an fsync per batch.
+                        counters.cursor.execute("SET LOCAL synchronous_commit TO OFF")
+                    requests = [request for items in take() for request in items]
+                    results = self._raise_all(counters, requests)
+                    now = requests[-1][2] if requests else 0.0
+                    if now - self._pruned_at >= PRUNE_EVERY:
+                        self._pruned_at = now
+                        counters.run("prune", before=int(now) - RATE_WINDOWS_KEPT)
+                finally:
+                    counters.cursor.close()
                 transaction.commit()
             except BaseException:
                 if transaction.is_active:
@@ -378,30 +386,67 @@ class MailPolicyPipeline:
                 raise
         return results
 
-    def _raise_one(self, connection: Any, sub: str, recipients: int, now: float) -> int:
+    def _raise_all(self, counters: _Counters, requests: list[tuple[str, int, float]]) -> list[int]:
+        """_raise_counters' results, in order. A run of one official's requests in the same
+        windows is raised by its sum when that fits (each one by one would then fit too),
+        else one by one."""
+        results: list[int] = []
+        start = 0
+        while start < len(requests):
+            sub, _count, now = requests[start]
+            starts = window_starts(now)
+            end = start + 1
+            while end < len(requests) and requests[end][0] == sub and \
+                    window_starts(requests[end][2]) == starts:
+                end += 1
+            run = requests[start:end]
+            if len(run) > 1 and not self._raise_one(counters, sub, sum(count for _, count, _ in run), starts,
+                                                    hint=False):
+                results += [0] * len(run)
+            else:
+                results += [self._raise_one(counters, sub, count, window_starts(at))
+                            for sub, count, at in run]
+            start = end
+        return results
+
+    def _raise_one(self, counters: _Counters, sub: str, recipients: int, starts: dict[int, int], *,
+                   hint: bool = True) -> int:
         """One request's counters, both or neither (a raised one is lowered again if the
-        next one is full; the transaction is shared, so no rollback)."""
+        next one is full; the transaction is shared, so no rollback). `hint`: note an
+        official found at a full window (see check_sender)."""
         policy = self.policy
-        starts = window_starts(now)
         raised_windows: list[int] = []
         for seconds, limit in ((HOUR, policy.recipients_per_hour), (DAY, policy.recipients_per_day)):
             if not limit:
                 continue
             key = {"sub": sub, "seconds": seconds, "start": starts[seconds]}
-            if recipients <= limit and connection.execute(
-                    _RAISE_COUNTER, {**key, "count": recipients, "limit": limit}).first() is not None:
+            if recipients <= limit and \
+                    counters.run("raise", **key, count=recipients, limit=limit) is not None:
                 raised_windows.append(seconds)
                 continue
             for raised in raised_windows:
                 lowered = {"sub": sub, "seconds": raised, "start": starts[raised], "count": recipients}
-                connection.execute(_LOWER_COUNTER, lowered)
-                connection.execute(_DROP_EMPTY_COUNTER, lowered)  # as if never raised
-            full = connection.execute(_COUNTER, key).scalar() or 0
-            if full >= limit:  # not just this message too large for what is left
+                counters.run("lower", **lowered)
+                counters.run("drop_empty", **lowered)  # as if never raised
+            full = counters.run("read", **key)
+            if hint and (full[0] if full else 0) >= limit:  # not just this message too large for what's left
                 with self._lock:
                     self._limited[sub] = max(self._limited.get(sub, 0.0), starts[seconds] + seconds)
             return seconds
         return 0
+
+
+class _Counters:
+    """The counter statements on the driver's cursor, in the caller's transaction."""
+
+    def __init__(self, cursor: Any, sql: dict[str, str]) -> None:
+        self.cursor = cursor
+        self.sql = sql
+
+    def run(self, name: str, **parameters: Any) -> Any:
+        """Run one statement; its first row (None if none)."""
+        self.cursor.execute(self.sql[name], parameters)
+        return self.cursor.fetchone() if self.cursor.description is not None else None
 
 
 def parse_message(data: bytes) -> EmailMessage:
@@ -410,15 +455,54 @@ def parse_message(data: bytes) -> EmailMessage:
     A single-part message (most official mail: text, or one document) gets its header
     block parsed and its body attached as it is, without the feed parser's walk over
     every body line: the same object for a third of the cost."""
+    message, body = _parse(data)
+    if body is not None:
+        _attach(message, body)
+    return message
+
+
+def _parse(data: bytes) -> tuple[EmailMessage, bytes | None]:
+    """parse_message, but a single-part message comes without its payload attached: the
+    body's bytes come beside it (else None). The judge reads those bytes as they are
+    when no transfer encoding changes them (7bit, 8bit, binary: most text): attaching
+    them turns them into text with surrogate escapes and reading the payload back turns
+    them into bytes again, two passes over the body (a third of the judge's time for a
+    10 KB Vietnamese letter) for the same bytes."""
     end = data.find(b"\r\n\r\n")
     if end < 0:
-        return _PARSER.parsebytes(data)  # type: ignore[return-value]
+        return _PARSER.parsebytes(data), None  # type: ignore[return-value]
     message: EmailMessage = _PARSER.parsebytes(data[:end + 4], headersonly=True)  # type: ignore[assignment]
     if message.get_content_maintype() in ("multipart", "message") or message.defects:
-        return _PARSER.parsebytes(data)  # type: ignore[return-value]
+        return _PARSER.parsebytes(data), None  # type: ignore[return-value]
+    return message, data[end + 4:]
+
+
+def _attach(message: EmailMessage, body: bytes) -> None:
     # As the feed parser keeps it: bytes that are not ASCII ride as surrogate escapes.
-    message.set_payload(data[end + 4:].decode("ascii", "surrogateescape"))
-    return message
+    message.set_payload(body.decode("ascii", "surrogateescape"))
+
+
+# Content-Transfer-Encodings the email package decodes in get_payload(decode=True); any
+# other gives the body's bytes unchanged.
+_DECODED_ENCODINGS = frozenset({"quoted-printable", "base64", "x-uuencode", "uuencode", "uue", "x-uue"})
+
+
+def _leaf_payloads(message: EmailMessage,
+                   body: bytes | None) -> Iterator[tuple[int, EmailMessage, bytes | None]]:
+    """(index in walk order, part, decoded payload or None for a container or a part
+    without bytes) for every part, as `message.walk()` and `get_payload(decode=True)`
+    give them; `body`: a single-part message's unattached bytes (see `_parse`)."""
+    if body is not None:
+        if str(message.get("content-transfer-encoding", "")).lower() not in _DECODED_ENCODINGS:
+            yield 0, message, body
+            return
+        _attach(message, body)
+    for index, part in enumerate(message.walk()):
+        if part.is_multipart():
+            yield index, part, None
+            continue
+        payload = part.get_payload(decode=True)
+        yield index, part, payload if isinstance(payload, bytes) else None
 
 
 def _header_text(message: EmailMessage, name: str) -> str | None:

@@ -12,6 +12,13 @@ through the same writer and share those transactions: at hundreds of messages a 
 a transaction per delivered message, each waiting for the database's one writer, cost
 more than the whole submission.
 
+The audit record of each accepted message (`mail.accepted`, built by the caller with the
+queue id) is appended to the audit chain in the same transaction as the message
+(`AuditLog.append_in`): one commit makes both durable, or neither, where a second group
+commit after the queue's cost every session another wait and another transaction. So
+are a delivery attempt's records (`mail.delivered` ...), built from the results the
+transaction stored.
+
 On SQLite every write transaction of the gateway (queue, delivery results and leases,
 rate counters) first takes an exclusive lock on a file beside the database (`write_turn`),
 held from before BEGIN until after COMMIT: the writers of every gateway process on the
@@ -28,7 +35,15 @@ Durability on each backend:
   commit this costs one fsync per batch.
 - PostgreSQL. A commit returns after the WAL is flushed (synchronous_commit=on, the
   default); the enqueue transaction sets it on explicitly (SET LOCAL), so a server or
-  role configured with synchronous_commit=off cannot weaken the 250.
+  role configured with synchronous_commit=off cannot weaken the 250. A transaction that
+  also appends audit records holds the chain's head lock, which every audit writer of
+  every node waits for; so that it is not held through the flush, that transaction
+  commits with synchronous_commit off and a second one, with it on, writes one WAL record
+  and so waits until the WAL is flushed past the first commit (the audit log's own way,
+  identity/audit/log.py _FLUSH_SQL). Only then do the callers hear of their commit. If
+  that second transaction fails (the connection lost), the sessions answer 4xx though
+  their messages may well be stored: a client's retry then queues a duplicate, which
+  SMTP prefers to a loss (RFC 5321 6.1).
 
 Recipients move through plain states (see `RetrySchedule` for the timing):
 queued → delivered | deferred | bounced; deferred → delivered | deferred | bounced.
@@ -37,7 +52,10 @@ FOR UPDATE SKIP LOCKED, on SQLite the database's single writer) so that several 
 processes never send one recipient's copy at the same time, and records each result in
 the transaction that clears the lease.
 
-The statements are SQLAlchemy Core, not the ORM: this is the gateway's hot path.
+The statements are SQLAlchemy Core, not the ORM: this is the gateway's hot path. The
+writer's own (inserts, results) are plain SQL on the driver's cursor, like the audit
+log's appends: SQLAlchemy's execution and parameter handling cost more than SQLite takes
+to run them.
 """
 
 from __future__ import annotations
@@ -45,6 +63,7 @@ from __future__ import annotations
 import asyncio
 import fcntl
 import logging
+import os
 import queue as thread_queue
 import secrets
 import threading
@@ -57,8 +76,9 @@ from email.parser import BytesHeaderParser
 from email.policy import SMTP as SMTP_POLICY
 from typing import Any
 
-from sqlalchemy import Connection, Engine, and_, bindparam, delete, event, exists, func, or_, select, update
+from sqlalchemy import Engine, and_, bindparam, delete, event, func, or_, select, update
 
+from identity.audit.log import AuditEntry, AuditLog, Prepared
 from identity.db import Database, make_engine
 from identity.models import MailQueueMessage, MailQueueRecipient
 
@@ -76,21 +96,48 @@ STATUSES = (QUEUED, DEFERRED, DELIVERED, BOUNCED)
 
 # The hot path's statements, built once: building a Core statement and its cache key per
 # call cost more than running it (profile of the gateway under the benchmark's load).
-_INSERT_MESSAGES = messages_table.insert()
-_INSERT_RECIPIENTS = recipients_table.insert()
-_RECORD_OUTCOME = (
-    update(recipients_table)
-    .where(recipients_table.c.id == bindparam("recipient_id"),
-           recipients_table.c.lease_owner == bindparam("owner"))
-    .values(status=bindparam("new_status"), attempts=recipients_table.c.attempts + 1,
-            next_attempt_at=bindparam("next_at"), last_error=bindparam("error"),
-            status_code=bindparam("code"), updated_at=bindparam("now"), lease_owner=None, lease_until=None))
-_FINISH_MESSAGE = (
-    update(messages_table)
-    .where(messages_table.c.id == bindparam("message_id"), messages_table.c.finished_at.is_(None),
-           ~exists().where(recipients_table.c.message_id == bindparam("message_id"),
-                           recipients_table.c.status.in_(PENDING)))
-    .values(finished_at=bindparam("now")))
+_MESSAGE_COLUMNS = ("id", "mail_from", "created_at", "size", "data", "sender_sub", "finished_at")
+_RECIPIENT_COLUMNS = ("message_id", "recipient", "domain", "status", "attempts", "next_attempt_at",
+                      "last_error", "status_code", "updated_at", "lease_owner", "lease_until")
+
+
+def _writer_sql(dialect: str) -> dict[str, str]:
+    """The writer's statements in the driver's own SQL and parameter style (sqlite3 :name,
+    psycopg %(name)s). Only table and column names and our own status words reach the
+    text; every value is a parameter."""
+    def mark(name: str) -> str:
+        return f":{name}" if dialect == "sqlite" else f"%({name})s"
+
+    def insert(table: Any, names: Sequence[str]) -> str:
+        assert set(names) <= set(table.columns.keys())
+        return (f"INSERT INTO {table.name} ({', '.join(names)}) "  # noqa: S608 - see docstring
+                f"VALUES ({', '.join(mark(name) for name in names)})")
+
+    m, r = messages_table.name, recipients_table.name
+    pending = ", ".join(f"'{status}'" for status in PENDING)
+    return {
+        "message": insert(messages_table, _MESSAGE_COLUMNS),
+        "recipient": insert(recipients_table, _RECIPIENT_COLUMNS),
+        # A result is stored only by the worker that still holds the lease.
+        "record": (f"UPDATE {r} SET status = {mark('new_status')}, attempts = attempts + 1, "  # noqa: S608
+                   f"next_attempt_at = {mark('next_at')}, last_error = {mark('error')}, "
+                   f"status_code = {mark('code')}, updated_at = {mark('now')}, lease_owner = NULL, "
+                   f"lease_until = NULL WHERE id = {mark('recipient_id')} AND lease_owner = {mark('owner')}"),
+        "finish": (f"UPDATE {m} SET finished_at = {mark('now')} WHERE id = {mark('message_id')} "  # noqa: S608
+                   f"AND finished_at IS NULL AND NOT EXISTS (SELECT 1 FROM {r} WHERE "
+                   f"message_id = {mark('message_id')} AND status IN ({pending}))"),
+    }
+
+
+_WRITER_SQL = {dialect: _writer_sql(dialect) for dialect in ("sqlite", "postgresql")}
+# PostgreSQL: see the module's docstring (durability).
+_SYNCHRONOUS_COMMIT = {True: "SET LOCAL synchronous_commit TO on",
+                       False: "SET LOCAL synchronous_commit TO off"}
+_FLUSH_SQL = ("SET LOCAL synchronous_commit TO on",
+              "SELECT pg_logical_emit_message(true, 'congvu.mailgw', 'durable')")
+
+_SENDERS = select(messages_table.c.id, messages_table.c.sender_sub).where(
+    messages_table.c.id.in_(bindparam("ids", expanding=True)))
 
 
 def _due_at(now: Any) -> Any:
@@ -205,8 +252,9 @@ class NewMessage:
         return message, recipients
 
 
-def insert_messages(connection: Connection, batch: Iterable[tuple[str, NewMessage]]) -> None:
-    """The inserts of one or more messages and their recipients, in the caller's transaction."""
+def insert_messages(cursor: Any, dialect: str, batch: Iterable[tuple[str, NewMessage]]) -> None:
+    """The inserts of one or more messages and their recipients, in the transaction of
+    `cursor` (the driver's)."""
     message_rows: list[dict[str, Any]] = []
     recipient_rows: list[dict[str, Any]] = []
     for queue_id, message in batch:
@@ -214,8 +262,9 @@ def insert_messages(connection: Connection, batch: Iterable[tuple[str, NewMessag
         message_rows.append(message_row)
         recipient_rows.extend(rows)
     if message_rows:
-        connection.execute(_INSERT_MESSAGES, message_rows)
-        connection.execute(_INSERT_RECIPIENTS, recipient_rows)
+        sql = _WRITER_SQL[dialect]
+        cursor.executemany(sql["message"], message_rows)
+        cursor.executemany(sql["recipient"], recipient_rows)
 
 
 def _durable_engine(database: Database) -> tuple[Engine, bool]:
@@ -234,22 +283,62 @@ def _durable_engine(database: Database) -> tuple[Engine, bool]:
     return engine, True
 
 
+class _LockFile:
+    """One process's handle on a write-turn lock file: a thread lock for the threads of
+    this process (an flock is per open file, so threads sharing one would not exclude
+    each other), the flock for the other processes. Opened once: opening and closing it
+    around every transaction cost two system calls, each a turn at the interpreter's
+    lock that the writer, holding the database's, had to wait for."""
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+        self.threads = threading.Lock()
+        self.pid = os.getpid()
+        # Created if missing, never truncated; kept open for the life of the process.
+        self.descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC, 0o666)
+
+    @contextmanager
+    def held(self) -> Iterator[None]:
+        with self.threads:
+            fcntl.flock(self.descriptor, fcntl.LOCK_EX)
+            try:
+                yield
+            finally:
+                fcntl.flock(self.descriptor, fcntl.LOCK_UN)
+
+
+_lock_files: dict[str, _LockFile] = {}
+_lock_files_guard = threading.Lock()
+
+
+def _lock_file(path: str) -> _LockFile:
+    with _lock_files_guard:
+        lock_file = _lock_files.get(path)
+        if lock_file is None or lock_file.pid != os.getpid():  # a forked child opens its own
+            lock_file = _lock_files[path] = _LockFile(path)
+        return lock_file
+
+
 @contextmanager
 def write_turn(database: Database) -> Iterator[None]:
     """Around a write transaction: on SQLite, this host's writers take turns on one lock
     file (see the module's docstring) from before BEGIN until after COMMIT; on PostgreSQL,
-    nothing (its row locks queue writers without polling). Never nested: the lock is per
-    open file, so a thread holding it would wait for itself."""
+    nothing (its row locks queue writers without polling). Never nested: a thread holding
+    its turn would wait for itself."""
     path = database.engine.url.database
     if database.engine.dialect.name != "sqlite" or not path or path == ":memory:":
         yield
         return
-    with open(f"{path}-mailgw-writelock", "a") as lock_file:  # "a": create, never truncate
-        fcntl.flock(lock_file.fileno(), fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(lock_file.fileno(), fcntl.LOCK_UN)
+    with _lock_file(f"{path}-mailgw-writelock").held():
+        yield
+
+
+# enqueue's `audit`: the records to append with the message, given its queue id.
+AuditRecords = Callable[[str], Sequence[AuditEntry]]
+
+
+def _no_bounce(_bounced: list[Outcome]) -> NewMessage | None:
+    return None
 
 
 @dataclass
@@ -257,6 +346,7 @@ class _Request:
     queue_id: str
     message: NewMessage
     future: Future[str]
+    audit: Sequence[Prepared] = ()  # records appended in the same transaction
 
 
 @dataclass
@@ -273,20 +363,26 @@ class _Record:
     # transaction that also holds other sessions' messages.
     bounce: NewMessage | None
     future: Future[tuple[list[Outcome], str | None]]
+    # (outcomes stored, DSN queue id) → the audit records to append in the same transaction.
+    audit: Callable[[list[Outcome], str | None], Sequence[AuditEntry]] | None = None
 
 
 class MailQueue:
     """The queue of one gateway process (several processes may share one database).
 
-    >>> queue = MailQueue(database, config)
+    >>> queue = MailQueue(database, config, audit_log=audit_log)
     >>> queue_id = queue.enqueue("an.nv@phutho.gov.vn", ["binh.tt@hanoi.gov.vn"], data,
-    ...                          sender_sub=sender.sub, received_at=time.time())
-    >>> # only now is the message durable: reply 250
+    ...                          sender_sub=sender.sub, received_at=time.time(),
+    ...                          audit=lambda queue_id: [AuditEntry("mail.accepted", "success", ...)])
+    >>> # only now are the message and its audit record durable: reply 250
     >>> queue.close()
     """
 
-    def __init__(self, database: Database, config: Any, *, clock: Callable[[], float] = time.time) -> None:
+    def __init__(self, database: Database, config: Any, *, clock: Callable[[], float] = time.time,
+                 audit_log: AuditLog | None = None) -> None:
         self.database = database
+        # The chain `enqueue(..., audit=...)` appends to, in the message's transaction.
+        self.audit_log = audit_log
         self.engine, self._owns_engine = _durable_engine(database)
         self.keep_finished_seconds: int = config["mailgw.queue.keep_finished_seconds"]
         self._clock = clock
@@ -304,28 +400,39 @@ class MailQueue:
 
     # -- enqueueing ------------------------------------------------------------------------
     def enqueue(self, mail_from: str, rcpt_tos: list[str], data: bytes, *, sender_sub: str | None,
-                received_at: float) -> str:
+                received_at: float, audit: AuditRecords | None = None) -> str:
         """Make the message durable; returns its queue id once committed. Thread-safe.
-        Raises (QueueClosed, a database error) if it could not be stored: answer 4xx."""
-        return self._submit(mail_from, rcpt_tos, data, sender_sub, received_at).result()
+        `audit(queue_id)` gives the audit records (AuditEntry) to append in the same
+        transaction (needs `audit_log`). Raises (QueueClosed, a database error, the audit
+        log's ValueError for a record it cannot store) if it could not be stored, and then
+        neither message nor record is: answer 4xx."""
+        return self._submit(mail_from, rcpt_tos, data, sender_sub, received_at, audit).result()
 
     async def enqueue_async(self, mail_from: str, rcpt_tos: list[str], data: bytes, *,
-                            sender_sub: str | None, received_at: float) -> str:
+                            sender_sub: str | None, received_at: float,
+                            audit: AuditRecords | None = None) -> str:
         """enqueue for asyncio code (the SMTP sessions): waits for the commit without
         holding up the event loop or a thread."""
-        return await asyncio.wrap_future(self._submit(mail_from, rcpt_tos, data, sender_sub, received_at))
+        return await asyncio.wrap_future(self._submit(mail_from, rcpt_tos, data, sender_sub, received_at,
+                                                      audit))
 
     def add_listener(self, listener: Callable[[], None]) -> None:
         """Called (in the writer thread) after each commit: the delivery worker's wake-up."""
         self._listeners.append(listener)
 
     def _submit(self, mail_from: str, rcpt_tos: list[str], data: bytes, sender_sub: str | None,
-                received_at: float) -> Future[str]:
+                received_at: float, audit: AuditRecords | None) -> Future[str]:
         if not rcpt_tos:
             raise ValueError("a message needs at least one recipient")
-        request = _Request(new_queue_id(self._clock()),
-                           NewMessage(mail_from, tuple(rcpt_tos), bytes(data), sender_sub, received_at),
-                           Future())
+        queue_id = new_queue_id(self._clock())
+        prepared: Sequence[Prepared] = ()
+        self._check_audit(audit)
+        if audit is not None:
+            assert self.audit_log is not None
+            # Encoded here, in the caller's thread, not in the writer's (nor under the head lock).
+            prepared = self.audit_log.prepare(audit(queue_id))
+        message = NewMessage(mail_from, tuple(rcpt_tos), bytes(data), sender_sub, received_at)
+        request = _Request(queue_id, message, Future(), prepared)
         self._hand_to_writer(request)
         return request.future
 
@@ -377,16 +484,34 @@ class MailQueue:
                 return
 
     def _commit(self, batch: list[_Request | _Record]) -> dict[int, tuple[list[Outcome], str | None]]:
-        """One transaction: the batch's new messages, then its delivery results."""
+        """One transaction: the batch's new messages, its delivery results, then the audit
+        records of the messages (last: the head lock is held from there to the commit)."""
         messages = [request for request in batch if isinstance(request, _Request)]
+        audit = [record for request in messages for record in request.audit]
+        audited = bool(audit) or any(isinstance(r, _Record) and r.audit is not None for r in batch)
         recorded: dict[int, tuple[list[Outcome], str | None]] = {}
+        dialect = self.engine.dialect.name
         with write_turn(self.database), self.engine.begin() as connection:
-            if connection.dialect.name == "postgresql":
-                connection.exec_driver_sql("SET LOCAL synchronous_commit TO on")
-            insert_messages(connection, ((r.queue_id, r.message) for r in messages))
-            for request in batch:
-                if isinstance(request, _Record):
-                    recorded[id(request)] = self._record_in(connection, request)
+            driver = connection.connection.driver_connection
+            cursor = driver.cursor()
+            try:
+                if dialect == "postgresql":
+                    cursor.execute(_SYNCHRONOUS_COMMIT[not audited])
+                insert_messages(cursor, dialect, ((r.queue_id, r.message) for r in messages))
+                for request in batch:
+                    if isinstance(request, _Record):
+                        recorded[id(request)] = self._record_in(cursor, dialect, request)
+                        if request.audit is not None:
+                            audit += self._delivery_records(request, *recorded[id(request)])
+            finally:
+                cursor.close()
+            if audit:
+                assert self.audit_log is not None  # _submit checked
+                self.audit_log.append_in(driver, dialect, audit)
+        if dialect == "postgresql" and audited:
+            with self.engine.begin() as connection:
+                for statement in _FLUSH_SQL:
+                    connection.exec_driver_sql(statement)
         self.commits += 1
         self.committed_messages += len(messages)
         return recorded
@@ -447,32 +572,82 @@ class MailQueue:
         return None if row is None else (row.mail_from, bytes(row.data), row.sender_sub, row.created_at)
 
     def record(self, owner: str, message_id: str, outcomes: Sequence[Outcome], now: int,
-               make_bounce: Callable[[list[Outcome]], NewMessage | None]) -> tuple[list[Outcome], str | None]:
+               make_bounce: Callable[[list[Outcome]], NewMessage | None], *,
+               audit: Callable[[list[Outcome], str | None], Sequence[AuditEntry]] | None = None,
+               ) -> tuple[list[Outcome], str | None]:
         """Store the outcomes of one attempt and clear their leases, in one transaction
         with the DSN for the bounced ones (`make_bounce` builds it, or returns None for a
-        null sender) and the message's finished time when no recipient is left pending.
+        null sender) and the message's finished time when no recipient is left pending;
+        and with the audit records `audit(stored outcomes, DSN queue id)` gives (needs
+        `audit_log`; records it cannot build are logged and left out, never the results).
 
         Returns the outcomes stored (one whose lease this worker lost, to a CLI removal or
         a worker that took over after the lease ran out, is not) and the DSN's queue id.
 
         The transaction is the queue writer's (see the module's docstring): it also holds
         the messages and results other threads hand in meanwhile. Thread-safe."""
+        self._check_audit(audit)
         bounced = [outcome for outcome in outcomes if outcome.status == BOUNCED]
         request = _Record(owner, message_id, tuple(outcomes), now, make_bounce,
-                          make_bounce(bounced) if bounced else None, Future())
+                          make_bounce(bounced) if bounced else None, Future(), audit)
         self._hand_to_writer(request)
         return request.future.result()
 
-    def _record_in(self, connection: Connection, request: _Record) -> tuple[list[Outcome], str | None]:
+    def record_many(self, owner: str, results: Sequence[tuple[str, Sequence[Outcome]]], now: int, *,
+                    audit: Callable[[str, list[Outcome]], Sequence[AuditEntry]] | None = None,
+                    ) -> list[list[Outcome]]:
+        """`record` for several messages at once, none of whose outcomes is a bounce (the
+        discard relay's: mailgw/delivery.py): handed to the writer together, so they share
+        its next transaction, and waited for once; `audit(message id, stored outcomes)`
+        gives each message's records. Returns the outcomes stored, per message."""
+        self._check_audit(audit)
+        requests = []
+        for message_id, outcomes in results:
+            if any(outcome.status == BOUNCED for outcome in outcomes):
+                raise ValueError("record_many takes no bounces: they need a DSN (use record)")
+            records = None if audit is None else (
+                lambda stored, _bounce_id, message_id=message_id: audit(message_id, stored))
+            requests.append(_Record(owner, message_id, tuple(outcomes), now, _no_bounce, None, Future(),
+                                    records))
+        for request in requests:
+            self._hand_to_writer(request)
+        return [request.future.result()[0] for request in requests]
+
+    def _check_audit(self, audit: object) -> None:
+        if audit is not None and self.audit_log is None:
+            raise ValueError("audit records in the queue's transaction need the queue's audit_log")
+
+    def senders(self, queue_ids: Iterable[str]) -> dict[str, str | None]:
+        """The sender's sub of each message still queued, by queue id (for the audit records
+        of the deliveries that do not read the message: the discard relay's)."""
+        ids = sorted(set(queue_ids))
+        if not ids:
+            return {}
+        with self.engine.connect() as connection:
+            return {row.id: row.sender_sub for row in connection.execute(_SENDERS, {"ids": ids})}
+
+    def _delivery_records(self, request: _Record, stored: list[Outcome],
+                          bounce_id: str | None) -> list[Prepared]:
+        """The audit records of a delivery attempt, from what was stored; none (logged) if
+        they cannot be built: the results stand, as a lost record must not undo a delivery."""
+        assert request.audit is not None and self.audit_log is not None
+        try:
+            return self.audit_log.prepare(request.audit(stored, bounce_id))
+        except Exception:  # noqa: BLE001 - the other requests of the batch must not fail
+            log.exception("mail queue: audit records for %s not written", request.message_id)
+            return []
+
+    def _record_in(self, cursor: Any, dialect: str, request: _Record) -> tuple[list[Outcome], str | None]:
         """`record`'s statements, in the writer's transaction."""
         stored: list[Outcome] = []
         bounce_id: str | None = None
+        sql = _WRITER_SQL[dialect]
         for outcome in request.outcomes:
-            result = connection.execute(_RECORD_OUTCOME, {
+            cursor.execute(sql["record"], {
                 "recipient_id": outcome.recipient_id, "owner": request.owner, "new_status": outcome.status,
                 "next_at": outcome.next_attempt_at, "error": outcome.last_error, "code": outcome.status_code,
                 "now": request.now})
-            if result.rowcount == 1:
+            if cursor.rowcount == 1:
                 stored.append(outcome)
             else:
                 log.warning("mail queue: lease on recipient %d of %s was lost; result not stored",
@@ -484,8 +659,8 @@ class MailQueue:
             bounce = request.bounce if all_stored else request.make_bounce(bounced)
             if bounce is not None:
                 bounce_id = new_queue_id(self._clock())
-                insert_messages(connection, [(bounce_id, bounce)])
-        connection.execute(_FINISH_MESSAGE, {"message_id": request.message_id, "now": request.now})
+                insert_messages(cursor, dialect, [(bounce_id, bounce)])
+        cursor.execute(sql["finish"], {"message_id": request.message_id, "now": request.now})
         return stored, bounce_id
 
     def purge_finished(self, now: int) -> int:

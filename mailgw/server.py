@@ -6,8 +6,8 @@ must come before AUTH and before any mail, and submission over implicit TLS (465
 
 One message:  MAIL FROM → policy.check_sender; RCPT TO → policy.check_recipient;
 end of DATA → policy.judge → REFUSE (its reply) | QUARANTINE (held, 250) | ACCEPT →
-signer.sign → queue.enqueue_async (committed) → audit → 250. Each decision is one audit
-record (mail.accepted / mail.refused / mail.quarantined); never the content.
+signer.sign → queue.enqueue with its audit record (one commit) → 250. Each decision is
+one audit record (mail.accepted / mail.refused / mail.quarantined); never the content.
 
 aiosmtpd, and what is done about it (DESIGN.md, "pitfalls"):
 * it treats a session as encrypted only after STARTTLS, so on implicit TLS it would never
@@ -17,8 +17,8 @@ aiosmtpd, and what is done about it (DESIGN.md, "pitfalls"):
   to any 2xx/4xx/5xx reply without one (not to the greeting or the EHLO lines, RFC 2034);
 * it reads each message whole into memory: `max_message_bytes` bounds it (SIZE);
 * it reads DATA one line at a time through the event loop (~150 rounds of Python for 10 KB):
-  `smtp_DATA` below reads up to each `.<CRLF>` instead, with the same results (limits,
-  dot-unstuffing, replies).
+  `smtp_DATA` below reads up to the terminating CRLF "." CRLF instead (`read_message`),
+  with the same results (limits, dot-unstuffing, replies).
 
 Blocking work (Argon2id, the database, the directory, the policy's counters, signing)
 runs in a thread pool, never on the event loop that serves every session.
@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import asyncio
 import collections
-import datetime
 import logging
 import os
 import re
@@ -48,6 +47,7 @@ from typing import Any
 from aiosmtpd.smtp import MISSING, SMTP, Envelope, Session, syntax
 
 from identity.audit.log import AuditEntry
+from keys.tls import listener_certificate
 from mailgw.auth import BearerCredentials, PasswordCredentials, SaslMechanisms
 from mailgw.delivery import DeliveryWorker
 from mailgw.model import Action, Sender, Submission, Verdict
@@ -111,6 +111,85 @@ def add_enhanced_code(reply: bytes) -> bytes:
     enhanced = ENHANCED_BY_CODE.get(code, f"{match.group(1).decode()}.0.0")
     text = _REWORDED.get(match.group(4), match.group(4))
     return b"%d%s%s %s" % (code, match.group(3), enhanced.encode(), text)
+
+
+# The end of a message: a line with only a dot (RFC 5321 4.1.1.4). Searched as CRLF "."
+# CRLF, so the first CRLF is the last line's own.
+_END_OF_DATA = b"\r\n.\r\n"
+
+
+async def read_message(reader: asyncio.StreamReader, size_limit: int | None,
+                       line_limit: int) -> tuple[bytes, str | None]:
+    """The message up to the lone "." line, dot-unstuffed (RFC 5321 4.5.2), or the reply
+    for one too large (over `size_limit`) or with a line (CRLF included) over `line_limit`,
+    as aiosmtpd's own reader answers, and like it only once the client has sent it all.
+
+    aiosmtpd reads DATA a line at a time, a round of Python per line (~150 for 10 KB). Here
+    the stream is read up to CRLF "." CRLF: one `readuntil` for a message that fits the
+    reader's limit, one per limit's worth for a larger one. Reading up to each ".<CRLF>"
+    instead cost a round per line too for prose, whose lines end with a full stop.
+
+    The bytes already taken can end with the start of the terminator, its rest not yet
+    read (a "." line at the very start, or after a piece cut at the reader's limit). Then
+    exactly the bytes that would complete it are read, and what they turn out to be is
+    kept: reading them cannot wait forever, since the terminator, wherever it is, still
+    lies ahead of them."""
+    pieces: list[bytes] = []
+    size = 0  # bytes read, the final ".<CRLF>" included
+    # The last bytes taken (at most 4). At first a CRLF no message contains: a "." line
+    # at the very start ends the message as one after a line does.
+    tail = b"\r\n"
+    problem: str | None = None
+    while True:
+        started = _started_terminator(tail)
+        if started:
+            piece = await reader.readexactly(len(_END_OF_DATA) - started)
+            found = tail[-started:] + piece == _END_OF_DATA
+        else:
+            try:
+                piece = await reader.readuntil(_END_OF_DATA)
+                found = True
+            except asyncio.LimitOverrunError as overrun:
+                # Never cuts a terminator: asyncio leaves the last len - 1 bytes unread.
+                piece = await reader.readexactly(overrun.consumed)
+                found = False
+        size += len(piece)
+        tail = (tail + piece)[-4:]
+        if problem is None:
+            pieces.append(piece)
+            if size_limit and size - 3 > size_limit:
+                # As aiosmtpd: a line too long before the one that passes the limit wins.
+                data = b"".join(pieces)
+                last_end = data.rfind(b"\r\n", 0, size_limit)
+                before = data[:last_end + 2] if last_end >= 0 else b""
+                problem = _line_too_long(before, line_limit) or "552 Error: Too much mail data"
+                pieces.clear()
+        if found:
+            break
+    if problem is not None:
+        return b"", problem
+    data = b"".join(pieces)[:-3]
+    too_long = _line_too_long(data, line_limit)
+    if too_long:
+        return b"", too_long
+    if data.startswith(b"."):
+        data = data[1:]
+    return data.replace(b"\r\n.", b"\r\n"), None
+
+
+def _started_terminator(tail: bytes) -> int:
+    """How many of the terminator's first bytes `tail` ends with (0 to 4)."""
+    for length in range(min(len(tail), len(_END_OF_DATA) - 1), 0, -1):
+        if tail.endswith(_END_OF_DATA[:length]):
+            return length
+    return 0
+
+
+def _line_too_long(data: bytes, line_limit: int) -> str | None:
+    """aiosmtpd's reply for a line (CRLF included) over `line_limit`, if any."""
+    if len(data) > line_limit - 2 and max(map(len, data.split(b"\r\n"))) + 2 > line_limit:
+        return "500 Line too long (see RFC5321 4.5.3.1.6)"
+    return None
 
 
 class SubmissionSession(Session):
@@ -218,62 +297,15 @@ class SubmissionSMTP(SaslMechanisms, SMTP):
         await self.push("250 OK" if status is MISSING else status)
 
     async def _read_data(self) -> tuple[bytes, str | None]:
-        """The message up to the lone "." line, dot-unstuffed (RFC 5321 4.5.2), or the
-        reply for one too large or with a line too long (sent, as aiosmtpd does, only once
-        the client has sent it all).
-
-        The stream is read up to each ".<CRLF>" (a line that ends with a dot, or the end),
-        not line by line: what ends there is the end of the message when the dot starts a
-        line, i.e. is the message's first byte or follows a CRLF."""
-        reader = self._reader
-        limit = self.data_size_limit
-        pieces: list[bytes] = []
-        size = 0  # bytes read, the final ".<CRLF>" included
-        tail = b""  # the last bytes read (at most 5), kept when the pieces are dropped
-        problem: str | None = None
-        while True:
-            try:
-                piece = await reader.readuntil(b".\r\n")
-                found = True
-            except asyncio.LimitOverrunError as overrun:
-                piece = await reader.readexactly(overrun.consumed)
-                found = False
-            except asyncio.CancelledError:
-                log.info("Connection lost during DATA")
-                self._writer.close()
-                raise
-            except asyncio.IncompleteReadError:  # the client went away
-                self._writer.close()
-                raise asyncio.CancelledError from None
-            size += len(piece)
-            tail = (tail + piece)[-5:]
-            if problem is None:
-                pieces.append(piece)
-                if limit and size - 3 > limit:
-                    # As aiosmtpd: a line too long before the one that passes the limit wins.
-                    data = b"".join(pieces)
-                    last_end = data.rfind(b"\r\n", 0, limit)
-                    before = data[:last_end + 2] if last_end >= 0 else b""
-                    problem = self._too_long(before) or "552 Error: Too much mail data"
-                    pieces.clear()
-            if found and (size == 3 or tail[:2] == b"\r\n"):
-                break
-        if problem is not None:
-            return b"", problem
-        data = b"".join(pieces)[:-3]
-        too_long = self._too_long(data)
-        if too_long:
-            return b"", too_long
-        if data.startswith(b"."):
-            data = data[1:]
-        return data.replace(b"\r\n.", b"\r\n"), None
-
-    def _too_long(self, data: bytes) -> str | None:
-        """aiosmtpd's reply for a line (CRLF included) over line_length_limit, if any."""
-        if len(data) > self.line_length_limit - 2 and max(map(len, data.split(b"\r\n"))) + 2 > \
-                self.line_length_limit:
-            return "500 Line too long (see RFC5321 4.5.3.1.6)"
-        return None
+        try:
+            return await read_message(self._reader, self.data_size_limit, self.line_length_limit)
+        except asyncio.CancelledError:
+            log.info("Connection lost during DATA")
+            self._writer.close()
+            raise
+        except asyncio.IncompleteReadError:  # the client went away
+            self._writer.close()
+            raise asyncio.CancelledError from None
 
     def _getaddr(self, arg: str) -> tuple[str | None, str | None]:
         plain = _PLAIN_PATH.fullmatch(arg) if arg else None
@@ -493,10 +525,19 @@ class Gateway:
             details["quarantine_id"] = self.quarantine.hold(submission, verdict)
             self._audit_decision("mail.quarantined", "success", submission, verdict, details)
             return REPLY_HELD
-        queue_id = self.queue.enqueue(submission.mail_from, submission.rcpt_tos, data,
-                                      sender_sub=submission.sender.sub, received_at=submission.received_at)
-        details["queue_id"] = queue_id
-        self._audit_decision("mail.accepted", "success", submission, verdict, details)
+        def accepted(queue_id: str) -> list[AuditEntry]:
+            return [self._decision_entry("mail.accepted", "success", submission, verdict,
+                                         {**details, "queue_id": queue_id})]
+
+        envelope = (submission.mail_from, submission.rcpt_tos, data)
+        if getattr(self.queue, "audit_log", None) is self.audit:
+            # The record rides in the queue's transaction: one commit for both, neither without the other.
+            queue_id = self.queue.enqueue(*envelope, sender_sub=submission.sender.sub,
+                                          received_at=submission.received_at, audit=accepted)
+        else:
+            queue_id = self.queue.enqueue(*envelope, sender_sub=submission.sender.sub,
+                                          received_at=submission.received_at)
+            self.audit.append_many(accepted(queue_id))
         return REPLY_QUEUED.format(queue_id=queue_id)
 
     def _judge_and_sign(self, submission: Submission) -> tuple[Verdict, bytes]:
@@ -524,10 +565,14 @@ class Gateway:
                         details: dict[str, Any]) -> None:
         """In a worker thread: written (with other threads' records, one transaction)
         before the reply."""
-        self.audit.append_many([AuditEntry(event, outcome, actor_sub=submission.sender.sub,
-                                           actor_username=submission.sender.username,
-                                           source_ip=submission.peer_ip, request_id=submission.session_id,
-                                           reason=verdict.reason, details=details)])
+        self.audit.append_many([self._decision_entry(event, outcome, submission, verdict, details)])
+
+    @staticmethod
+    def _decision_entry(event: str, outcome: str, submission: Submission, verdict: Verdict,
+                        details: dict[str, Any]) -> AuditEntry:
+        return AuditEntry(event, outcome, actor_sub=submission.sender.sub,
+                          actor_username=submission.sender.username, source_ip=submission.peer_ip,
+                          request_id=submission.session_id, reason=verdict.reason, details=details)
 
     async def audit_refusal(self, server: SubmissionSMTP, sender: Sender, verdict: Verdict, *, stage: str,
                             recipients: int) -> None:
@@ -540,58 +585,29 @@ class Gateway:
 
 # -- TLS ----------------------------------------------------------------------------------------
 def tls_context(config: Any) -> ssl.SSLContext:
-    """The listeners' server context: the configured certificate, or a self-signed one
-    made once into the instance folder (demos and tests; a warning says so)."""
+    """The listeners' server context: the configured certificate, or else the instance's
+    self-signed one from keys/tls.py (its key encrypted at rest under the master key; made
+    once, renewed before it expires; demos and staging, and a warning says so)."""
     cert_file, key_file = config["mailgw.tls_cert_file"], config["mailgw.tls_key_file"]
+    password = None
     if cert_file:
         cert = _instance_path(config, cert_file)
         key = _instance_path(config, key_file) if key_file else None
     else:
-        cert, key = self_signed_certificate(Path(config.data_dir) / "mailgw-tls",
-                                            config["mailgw.hostname"] or socket.getfqdn())
+        made = listener_certificate(Path(config.data_dir) / "mailgw-tls",
+                                    config["mailgw.hostname"] or socket.getfqdn(), config.master_key)
+        cert, key, password = made.cert_path, made.key_path, made.passphrase
         log.warning("mail gateway: self-signed TLS certificate %s; set mailgw.tls_cert_file in production",
                     cert)
     context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
     context.minimum_version = ssl.TLSVersion.TLSv1_2
-    context.load_cert_chain(str(cert), str(key) if key else None)
+    context.load_cert_chain(str(cert), str(key) if key else None, password=password)
     return context
 
 
 def _instance_path(config: Any, value: str) -> Path:
     path = Path(value)
     return path if path.is_absolute() else Path(config.data_dir) / path
-
-
-def self_signed_certificate(folder: Path, hostname: str) -> tuple[Path, Path]:
-    """A P-256 certificate for `hostname`, localhost and 127.0.0.1, made once."""
-    cert_path, key_path = folder / "cert.pem", folder / "key.pem"
-    if cert_path.exists() and key_path.exists():
-        return cert_path, key_path
-    import ipaddress
-
-    from cryptography import x509
-    from cryptography.hazmat.primitives import hashes, serialization
-    from cryptography.hazmat.primitives.asymmetric import ec
-    from cryptography.x509.oid import NameOID
-
-    folder.mkdir(parents=True, exist_ok=True)
-    key = ec.generate_private_key(ec.SECP256R1())
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, hostname[:64])])
-    now = datetime.datetime.now(datetime.UTC)
-    names: list[x509.GeneralName] = [x509.DNSName(hostname), x509.DNSName("localhost"),
-                                     x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]
-    certificate = (x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(key.public_key())
-                   .serial_number(x509.random_serial_number())
-                   .not_valid_before(now - datetime.timedelta(hours=1))
-                   .not_valid_after(now + datetime.timedelta(days=825))
-                   .add_extension(x509.SubjectAlternativeName(names), critical=False)
-                   .sign(key, hashes.SHA256()))
-    descriptor = os.open(key_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with open(descriptor, "wb") as handle:
-        handle.write(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-                                       serialization.NoEncryption()))
-    cert_path.write_bytes(certificate.public_bytes(serialization.Encoding.PEM))
-    return cert_path, key_path
 
 
 # -- the process --------------------------------------------------------------------------------
@@ -602,7 +618,7 @@ def build_gateway(services: Any) -> tuple[Gateway, DeliveryWorker]:
     config = services.config
     identity = MailIdentity(services, shared_mailboxes=config.mail_policy.shared_addresses_for)
     signer = OutboundSigner.from_database(services.database, config, audit_log=services.audit)
-    queue = MailQueue(services.database, config)
+    queue = MailQueue(services.database, config, audit_log=services.audit)
     parts: dict[str, Any] = {
         "pipeline": MailPolicyPipeline.from_config(config, services.database),
         "quarantine": Quarantine(services.database),

@@ -343,7 +343,33 @@ class AuditLog:
             return []
         # Scrubbing and JSON work in the caller's thread, before the lock: neither the
         # other threads of this process nor other processes wait for it.
-        return self._group_commit.submit([_stored_fields(entry) for entry in entries])
+        return self._group_commit.submit(self.prepare(entries))
+
+    @staticmethod
+    def prepare(entries: Sequence[AuditEntry]) -> list[Prepared]:
+        """The records as `append_in` takes them: scrubbed and encoded, in the caller's thread."""
+        return [_stored_fields(entry) for entry in entries]
+
+    def append_in(self, driver: Any, dialect: str, prepared: Sequence[Prepared]) -> list[int]:
+        """Append `prepared` records (from `prepare`) in a transaction the caller holds open
+        on `driver` (the DBAPI connection under a SQLAlchemy connection), after its own
+        statements; returns their sequence numbers. The caller commits: its rows and these
+        records are then both or neither (mailgw/queue.py: a queued message and its
+        `mail.accepted` record in one commit).
+
+        The head lock is taken here and held until that commit, so call this last. On
+        PostgreSQL a commit that waits for the WAL flush would keep every other writer of
+        the chain waiting that long: commit with synchronous_commit off, then flush as
+        `_write_batch` does (see _FLUSH_SQL) before relying on the records."""
+        if not prepared:
+            return []
+        cursor = driver.cursor()
+        try:
+            head_seq, head_hash, signed_at = self._lock_head(cursor, driver, dialect)
+            return self._append_locked(cursor, driver, dialect, head_seq, head_hash, signed_at,
+                                       list(prepared))
+        finally:
+            cursor.close()
 
     def _write_batch(self, take: Callable[[], list[Sequence[Prepared]]]) -> list[int]:
         """The group commit's writer: one transaction for all the callers queued once the
@@ -384,26 +410,37 @@ class AuditLog:
         try:
             if dialect == "postgresql":
                 cursor.execute(_ASYNC_COMMIT_SQL)
-            cursor.execute(_LOCK_HEAD_SQL[dialect])
-            if dialect == "postgresql":
-                reader = driver.cursor()
-                reader.execute(_LAST_CHECKPOINT_SQL)  # same round trip: pipelined
-                newest = reader.fetchone()
-                reader.close()
-                head_seq, head_hash, _ = cursor.fetchone()
-                signed_at = newest[0] if newest else None
-            else:
-                head_seq, head_hash, signed_at = cursor.fetchone()
+            head_seq, head_hash, signed_at = self._lock_head(cursor, driver, dialect)
             prepared = [fields for items in take() for fields in items]
-            rows, checkpoints = self._chain(driver, dialect, int(head_seq), head_hash, signed_at, prepared)
-            sql = _WRITE_SQL[dialect]
-            cursor.executemany(sql["event"], rows)
-            if checkpoints:
-                cursor.executemany(sql["checkpoint"], checkpoints)
-            cursor.execute(sql["head"], {"seq": rows[-1]["seq"], "hash": rows[-1]["hash"]})
+            seqs = self._append_locked(cursor, driver, dialect, head_seq, head_hash, signed_at, prepared)
             driver.commit()
         finally:
             cursor.close()
+        return seqs
+
+    @staticmethod
+    def _lock_head(cursor: Any, driver: Any, dialect: str) -> tuple[int, str, str | None]:
+        """Take the head lock; (head seq, head hash, when the newest checkpoint was signed)."""
+        cursor.execute(_LOCK_HEAD_SQL[dialect])
+        if dialect == "postgresql":
+            reader = driver.cursor()
+            reader.execute(_LAST_CHECKPOINT_SQL)  # same round trip when pipelined
+            newest = reader.fetchone()
+            reader.close()
+            head_seq, head_hash, _ = cursor.fetchone()
+            return int(head_seq), head_hash, newest[0] if newest else None
+        head_seq, head_hash, signed_at = cursor.fetchone()
+        return int(head_seq), head_hash, signed_at
+
+    def _append_locked(self, cursor: Any, driver: Any, dialect: str, head_seq: int, head_hash: str,
+                       signed_at: str | None, prepared: list[Prepared]) -> list[int]:
+        """Under the head lock: chain and sign `prepared`, write the records, checkpoints and head."""
+        rows, checkpoints = self._chain(driver, dialect, head_seq, head_hash, signed_at, prepared)
+        sql = _WRITE_SQL[dialect]
+        cursor.executemany(sql["event"], rows)
+        if checkpoints:
+            cursor.executemany(sql["checkpoint"], checkpoints)
+        cursor.execute(sql["head"], {"seq": rows[-1]["seq"], "hash": rows[-1]["hash"]})
         return [row["seq"] for row in rows]
 
     def _chain(self, driver: Any, dialect: str, head_seq: int, head_hash: str, signed_at: str | None,

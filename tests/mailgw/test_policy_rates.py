@@ -113,3 +113,41 @@ def test_old_windows_are_pruned(database: Database) -> None:
     with database.engine.connect() as connection:
         starts = connection.execute(text("SELECT window_start FROM mail_rate_counters")).scalars().all()
     assert min(starts) >= clock.now - 2 * 86400
+
+
+def counters(database: Database) -> dict[tuple[str, int], int]:
+    """The newest window's count per official and window length."""
+    with database.engine.connect() as connection:
+        return {(row.sender_sub, row.window_seconds): row.recipients for row in connection.execute(text(
+            "SELECT sender_sub, window_seconds, recipients FROM mail_rate_counters ORDER BY window_start"))}
+
+
+def test_one_batch_of_one_officials_messages_counts_as_one_by_one(database: Database) -> None:
+    """The group commit's batch is counted per run of one official's requests at once when
+    the sum fits, else request by request in order: the same results either way."""
+    policy = MailPolicy(recipients_per_hour=10, recipients_per_day=12)
+    checker = MailPolicyPipeline(policy, database, clock=Clock(START))
+    an, binh = [("sub-an", 2, START)] * 3, [("sub-binh", 4, START)]
+    # Everything fits: one upsert per window for An's three, then Binh's.
+    assert checker._raise_counters(lambda: [[request] for request in [*an, *binh]]) == [0, 0, 0, 0]
+    assert counters(database) == {("sub-an", 3600): 6, ("sub-an", 86400): 6,
+                                  ("sub-binh", 3600): 4, ("sub-binh", 86400): 4}
+    # 6 + 3 × 2 passes the hour's 10: one by one, the first two pass (8, 10), the third not.
+    assert checker._raise_counters(lambda: [[("sub-an", 2, START)]] * 3) == [0, 0, 3600]
+    assert (counters(database)[("sub-an", 3600)], counters(database)[("sub-an", 86400)]) == (10, 10)
+    # The next hour: 2 + 1 passes the day's 12 (10 so far): the 2 passes, the 1 not; both
+    # windows or neither, so the new hour counts 2. The day is full: MAIL FROM is told at once.
+    assert checker._raise_counters(lambda: [[("sub-an", 2, START + 3600)], [("sub-an", 1, START + 3600)]]) \
+        == [0, 86400]
+    starts = window_starts(START + 3600)
+    with database.engine.connect() as connection:
+        hour = connection.execute(text(
+            "SELECT recipients FROM mail_rate_counters WHERE sender_sub = 'sub-an' AND window_seconds = 3600 "
+            "AND window_start = :start"), {"start": starts[3600]}).scalar()
+    assert (hour, counters(database)[("sub-an", 86400)]) == (2, 12)
+    assert checker.check_sender("an.nv@phutho.gov.vn", AN).reason == "mail.rate_limited"
+    # Interleaved officials, each run on its own: Binh's 3 + 4 pass his 6 left in the hour
+    # together, so one by one: 3 passes, 4 not; Carol's 1 passes; then Binh's 1 passes.
+    mixed = [("sub-binh", 3, START), ("sub-binh", 4, START), ("sub-carol", 1, START), ("sub-binh", 1, START)]
+    assert checker._raise_counters(lambda: [[request] for request in mixed]) == [0, 3600, 0, 0]
+    assert (counters(database)[("sub-binh", 3600)], counters(database)[("sub-carol", 3600)]) == (4 + 3 + 1, 1)
