@@ -130,8 +130,9 @@ class MailIdentity:
         """A password alone is not enough for this official (they must use an app password)."""
         if self._services.mfa.enrolled(session, user):
             return True
-        privileged = is_privileged(user, self._config)
-        return not self._config.mfa_policy.requirement(groups=group_names(user), privileged=privileged)
+        groups = group_names(user)
+        privileged = is_privileged(user, self._config, groups)
+        return not self._config.mfa_policy.requirement(groups=groups, privileged=privileged)
 
     # -- AUTH PLAIN / LOGIN -----------------------------------------------------------------
     def authenticate_password(self, login: str, secret: str, *, peer_ip: str | None) -> MailAuthResult:

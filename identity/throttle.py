@@ -74,7 +74,8 @@ class LoginThrottle:
         return f"user:{name}", f"pair:{ip}|{name}", f"ip:{ip}"
 
     @staticmethod
-    def _state(row: ThrottleCounter | None) -> CounterState:
+    def _state(row: Any) -> CounterState:
+        """A counter's state from its ORM object or a row of its columns (None: no counter)."""
         if row is None:
             return CounterState()
         return CounterState(int(row.failures), float(row.last_failure_at),
@@ -99,9 +100,7 @@ class LoginThrottle:
                                             set_={"failures": failures, "last_failure_at": now})
                      .returning(table.c.failures, table.c.last_failure_at, table.c.locked_until,
                                 table.c.disabled))
-        row = session.execute(statement).one()
-        return CounterState(int(row.failures), float(row.last_failure_at),
-                            INFINITY if row.disabled else float(row.locked_until))
+        return self._state(session.execute(statement).one())
 
     def _read(self, session: Session, key: str) -> CounterState:
         return self._state(session.get(ThrottleCounter, key))
@@ -112,9 +111,7 @@ class LoginThrottle:
         measurable there (bench/run_login.py)."""
         session.flush()  # what an ORM query would have done first
         rows = session.connection().execute(_READ_COUNTERS, {"keys": list(keys)})
-        found = {row.key: CounterState(int(row.failures), float(row.last_failure_at),
-                                       INFINITY if row.disabled else float(row.locked_until))
-                 for row in rows}
+        found = {row.key: self._state(row) for row in rows}
         session.info[ABSENT_COUNTERS] = {key for key in keys if key not in found}
         return {key: found.get(key, CounterState()) for key in keys}
 
