@@ -94,12 +94,14 @@ def make_directory(tmp_path: Path) -> Iterator[Callable[..., LdapDirectory]]:
 @pytest.fixture
 def directory_instance(make_instance):  # type: ignore[no-untyped-def]
     """Factory: an app instance (this test's database, both backends) with the server as
-    the directory `vinhphuc`."""
+    the directory `vinhphuc`; `overrides` change the directory's table, `instance_settings`
+    the instance's own settings (e.g. the mail gateway's listeners)."""
     created = []
 
-    def factory(server: Slapd, **overrides: Any):  # type: ignore[no-untyped-def]
+    def factory(server: Slapd, instance_settings: dict[str, Any] | None = None,  # type: ignore[no-untyped-def]
+                **overrides: Any):
         table = server.settings(disabled_filter=DISABLED_FILTER, **overrides)
-        instance = make_instance(directories={DIRECTORY: table})
+        instance = make_instance(directories={DIRECTORY: table}, **(instance_settings or {}))
         created.append(instance)
         return instance
 

@@ -8,7 +8,6 @@ The directory is in bind mode: the first AUTH of an official creates their accou
 
 from __future__ import annotations
 
-import base64
 import smtplib
 from collections.abc import Iterator
 from typing import Any
@@ -16,11 +15,18 @@ from typing import Any
 import pytest
 from sqlalchemy import select
 
-from identity.models import AuditEvent, User
-from tests.directory.conftest import DIRECTORY, DISABLED_FILTER
-from tests.directory.slapd import SAMPLE_PASSWORD, Slapd
+from identity.models import User
+from tests.directory.conftest import DIRECTORY
+from tests.directory.slapd import SAMPLE_PASSWORD
 from tests.helpers import post_login
-from tests.mailgw.gateway_fixture import RunningGateway, client_tls, gateway_settings, running_gateway
+from tests.mailgw.gateway_fixture import (
+    RunningGateway,
+    audit_events,
+    auth_plain,
+    gateway_settings,
+    running_gateway,
+    submission,
+)
 
 # From the sample: hoalt is active (groups app-qlvb, mail-users); linhhp is `employeeType: disabled`.
 ACTIVE, DISABLED = "hoalt", "linhhp"
@@ -32,21 +38,9 @@ WRONG_PASSWORD = "Matkhau@2025!"  # noqa: S105 - last year's, as an official wou
 
 
 @pytest.fixture
-def mail_instance(make_instance):  # type: ignore[no-untyped-def]
-    """Factory: an instance (this test's database, both backends) with the server as the
-    directory `vinhphuc` and the gateway's listeners on free loopback ports."""
-    created = []
-
-    def factory(server: Slapd, **overrides: Any):  # type: ignore[no-untyped-def]
-        table = server.settings(disabled_filter=DISABLED_FILTER, mode="bind")
-        instance = make_instance(directories={DIRECTORY: table}, **gateway_settings(), **overrides)
-        created.append(instance)
-        return instance
-
-    yield factory
-    for instance in created:
-        for directory in instance.services.directories.values():
-            directory.close()
+def mail_instance(directory_instance):  # type: ignore[no-untyped-def]
+    """Factory: directory_instance in bind mode, with the gateway's listeners on free ports."""
+    return lambda server: directory_instance(server, instance_settings=gateway_settings(), mode="bind")
 
 
 @pytest.fixture
@@ -56,29 +50,10 @@ def gateway(shared_slapd, mail_instance) -> Iterator[tuple[Any, RunningGateway]]
         yield instance, running
 
 
-def audit_events(instance: Any, event: str) -> list[AuditEvent]:
-    with instance.services.database.session() as session:
-        return list(session.scalars(select(AuditEvent).where(AuditEvent.event == event)
-                                    .order_by(AuditEvent.seq)))
-
-
 def failures_counted(instance: Any, username: str) -> int:
     """The account's lockout counter, the one the sign-in page reads (identity/throttle.py)."""
     with instance.services.database.session() as session:
         return instance.services.throttle.account_state(session, username).failures
-
-
-def submission(running: RunningGateway) -> smtplib.SMTP:
-    smtp = smtplib.SMTP("127.0.0.1", running.submission_port, timeout=30)
-    smtp.ehlo("client.test")
-    smtp.starttls(context=client_tls())
-    smtp.ehlo("client.test")
-    return smtp
-
-
-def auth_plain(smtp: smtplib.SMTP, login: str, password: str) -> tuple[int, bytes]:
-    blob = base64.b64encode(f"\0{login}\0{password}".encode()).decode()
-    return smtp.docmd("AUTH", f"PLAIN {blob}")
 
 
 def auth_login(smtp: smtplib.SMTP, login: str, password: str) -> tuple[int, bytes]:
@@ -91,7 +66,7 @@ def auth_login(smtp: smtplib.SMTP, login: str, password: str) -> tuple[int, byte
 
 def test_plain_after_starttls_then_a_message_from_the_directory_address(gateway) -> None:  # type: ignore[no-untyped-def]
     instance, running = gateway
-    with submission(running) as smtp:
+    with submission(running, timeout=30) as smtp:
         code, text = auth_plain(smtp, ACTIVE, SAMPLE_PASSWORD)
         assert (code, text.split()[0]) == (235, b"2.7.0")
         code, text = smtp.docmd(f"MAIL FROM:<{ACTIVE_ADDRESS}>")
@@ -115,7 +90,7 @@ def test_plain_after_starttls_then_a_message_from_the_directory_address(gateway)
 
 def test_login_mechanism(gateway) -> None:  # type: ignore[no-untyped-def]
     instance, running = gateway
-    with submission(running) as smtp:
+    with submission(running, timeout=30) as smtp:
         code, text = auth_login(smtp, ACTIVE, SAMPLE_PASSWORD)
         assert (code, text.split()[0]) == (235, b"2.7.0")
         assert smtp.sendmail(ACTIVE_ADDRESS, [RECIPIENT], MESSAGE) == {}
@@ -125,7 +100,7 @@ def test_login_mechanism(gateway) -> None:  # type: ignore[no-untyped-def]
 
 def test_wrong_password_is_535_and_counted_like_a_web_sign_in(gateway) -> None:  # type: ignore[no-untyped-def]
     instance, running = gateway
-    with submission(running) as smtp:
+    with submission(running, timeout=30) as smtp:
         code, text = auth_plain(smtp, ACTIVE, WRONG_PASSWORD)
     assert (code, text.split()[0]) == (535, b"5.7.8")
     [failure] = audit_events(instance, "mail.auth")
@@ -138,7 +113,7 @@ def test_wrong_password_is_535_and_counted_like_a_web_sign_in(gateway) -> None: 
 
 def test_an_official_disabled_in_the_directory_is_refused(gateway) -> None:  # type: ignore[no-untyped-def]
     instance, running = gateway
-    with submission(running) as smtp:
+    with submission(running, timeout=30) as smtp:
         code, text = auth_plain(smtp, DISABLED, SAMPLE_PASSWORD)  # the right password
         assert (code, text.split()[0]) == (535, b"5.7.8")
         assert smtp.docmd(f"MAIL FROM:<{DISABLED}@vinhphuc.gov.vn>")[0] == 530
@@ -152,10 +127,10 @@ def test_directory_down_is_a_temporary_failure_and_not_counted(slapd, mail_insta
     instance = mail_instance(slapd)
     with running_gateway(instance) as running:
         if seen_before:  # the account exists here, so only its own directory may answer
-            with submission(running) as smtp:
+            with submission(running, timeout=30) as smtp:
                 assert auth_plain(smtp, ACTIVE, SAMPLE_PASSWORD)[0] == 235
         slapd.stop()
-        with submission(running) as smtp:
+        with submission(running, timeout=30) as smtp:
             code, text = auth_plain(smtp, ACTIVE, SAMPLE_PASSWORD)
     assert (code, text.split()[0]) == (454, b"4.7.0")
     last = audit_events(instance, "mail.auth")[-1]

@@ -8,6 +8,8 @@ thread with its own event loop, over the test's identity instance (SQLite or Pos
 from __future__ import annotations
 
 import asyncio
+import base64
+import smtplib
 import socket
 import ssl
 import threading
@@ -16,6 +18,9 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
+from sqlalchemy import select
+
+from identity.models import AuditEvent
 from mailgw.server import Gateway, build_gateway, run_until_stopped
 
 
@@ -86,3 +91,23 @@ def running_gateway(instance: Any, *, with_worker: bool = False) -> Iterator[Run
     finally:
         loop.call_soon_threadsafe(stop["event"].set)
         thread.join(30)
+
+
+def submission(running: RunningGateway, timeout: float = 15) -> smtplib.SMTP:
+    """A client on the submission port, after STARTTLS and a second EHLO."""
+    smtp = smtplib.SMTP("127.0.0.1", running.submission_port, timeout=timeout)
+    smtp.ehlo("client.test")
+    smtp.starttls(context=client_tls())
+    smtp.ehlo("client.test")
+    return smtp
+
+
+def auth_plain(smtp: smtplib.SMTP, login: str, password: str) -> tuple[int, bytes]:
+    blob = base64.b64encode(f"\0{login}\0{password}".encode()).decode()
+    return smtp.docmd("AUTH", f"PLAIN {blob}")
+
+
+def audit_events(instance: Any, event: str) -> list[AuditEvent]:
+    with instance.services.database.session() as session:
+        return list(session.scalars(select(AuditEvent).where(AuditEvent.event == event)
+                                    .order_by(AuditEvent.seq)))

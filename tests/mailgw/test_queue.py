@@ -32,6 +32,24 @@ def rows(instance: Any, table: Any) -> list[Any]:
         return connection.execute(select(table)).all()
 
 
+def watch_driver_statements(monkeypatch: Any) -> list[str]:
+    """Every statement psycopg's cursors run from now on, whitespace folded, lower case:
+    the queue's writer talks to the driver's cursor, below SQLAlchemy's events."""
+    import psycopg
+
+    statements: list[str] = []
+
+    def spy(original: Any) -> Any:
+        def run(self: Any, query: Any, *args: Any, **kwargs: Any) -> Any:
+            statements.append(" ".join(str(query).split()).lower())
+            return original(self, query, *args, **kwargs)
+        return run
+
+    monkeypatch.setattr(psycopg.Cursor, "execute", spy(psycopg.Cursor.execute))
+    monkeypatch.setattr(psycopg.Cursor, "executemany", spy(psycopg.Cursor.executemany))
+    return statements
+
+
 def test_enqueue_stores_message_and_envelope_before_returning(instance, queue) -> None:  # type: ignore[no-untyped-def]
     queue_id = queue.enqueue("an.nv@phutho.gov.vn", ["binh.tt@HaNoi.gov.vn", "dung@hue.gov.vn"], DATA,
                              sender_sub="sub-an", received_at=1_800_000_000.5)
@@ -120,18 +138,7 @@ def test_queue_commits_wait_for_the_disk(instance, queue, backend, monkeypatch) 
         # The enqueue transaction sets synchronous_commit on itself, so a role or database
         # configured with it off cannot weaken the 250. The writer's statements go to the
         # driver's cursor: seen there.
-        import psycopg
-
-        statements: list[str] = []
-
-        def spy(original: Any) -> Any:
-            def run(self: Any, query: Any, *args: Any, **kwargs: Any) -> Any:
-                statements.append(" ".join(str(query).split()).lower())
-                return original(self, query, *args, **kwargs)
-            return run
-
-        monkeypatch.setattr(psycopg.Cursor, "execute", spy(psycopg.Cursor.execute))
-        monkeypatch.setattr(psycopg.Cursor, "executemany", spy(psycopg.Cursor.executemany))
+        statements = watch_driver_statements(monkeypatch)
         queue.enqueue("an.nv@phutho.gov.vn", ["lan@hue.gov.vn"], b"Subject: x\r\n\r\nx\r\n",
                       sender_sub=None, received_at=time.time())
         setting = statements.index("set local synchronous_commit to on")
@@ -153,18 +160,7 @@ def test_an_accepted_message_and_its_audit_record_share_one_commit(instance, bac
 
     audit = instance.services.audit
     queue = MailQueue(instance.services.database, instance.services.config, audit_log=audit)
-    statements: list[str] = []
-    if backend == "postgresql":
-        import psycopg
-
-        def spy(original: Any) -> Any:
-            def run(self: Any, query: Any, *args: Any, **kwargs: Any) -> Any:
-                statements.append(" ".join(str(query).split()).lower())
-                return original(self, query, *args, **kwargs)
-            return run
-
-        monkeypatch.setattr(psycopg.Cursor, "execute", spy(psycopg.Cursor.execute))
-        monkeypatch.setattr(psycopg.Cursor, "executemany", spy(psycopg.Cursor.executemany))
+    statements = watch_driver_statements(monkeypatch) if backend == "postgresql" else []
     try:
         queue_id = queue.enqueue("an.nv@phutho.gov.vn", ["lan@hue.gov.vn"], DATA, sender_sub="sub-an",
                                  received_at=time.time(), audit=lambda queue_id: [AuditEntry(

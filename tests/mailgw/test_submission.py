@@ -20,7 +20,15 @@ import pytest
 from sqlalchemy import select
 
 from identity.models import AuditEvent
-from tests.mailgw.gateway_fixture import RunningGateway, client_tls, gateway_settings, running_gateway
+from tests.mailgw.gateway_fixture import (
+    RunningGateway,
+    audit_events,
+    auth_plain,
+    client_tls,
+    gateway_settings,
+    running_gateway,
+    submission,
+)
 
 PASSWORD = "Gui-thu-cong-vu-2026!"  # noqa: S105 - test data
 ADDRESS = "an.nv@phutho.gov.vn"
@@ -34,25 +42,6 @@ def gateway(make_instance) -> Iterator[tuple[Any, RunningGateway]]:  # type: ign
     instance.add_user("an.nv", password=PASSWORD, email=ADDRESS)
     with running_gateway(instance) as running:
         yield instance, running
-
-
-def audit_events(instance: Any, event: str) -> list[AuditEvent]:
-    with instance.services.database.session() as session:
-        return list(session.scalars(select(AuditEvent).where(AuditEvent.event == event)
-                                    .order_by(AuditEvent.seq)))
-
-
-def submission(running: RunningGateway) -> smtplib.SMTP:
-    smtp = smtplib.SMTP("127.0.0.1", running.submission_port, timeout=15)
-    smtp.ehlo("client.test")
-    smtp.starttls(context=client_tls())
-    smtp.ehlo("client.test")
-    return smtp
-
-
-def auth_plain(smtp: smtplib.SMTP, login: str, password: str) -> tuple[int, bytes]:
-    blob = base64.b64encode(f"\0{login}\0{password}".encode()).decode()
-    return smtp.docmd("AUTH", f"PLAIN {blob}")
 
 
 # -- listeners and EHLO ------------------------------------------------------------------------
