@@ -29,10 +29,7 @@ from flask import (
     url_for,
 )
 from flask_babel import gettext as _
-from flask_wtf import FlaskForm
 from sqlalchemy import delete, select, update
-from wtforms import HiddenField, PasswordField, StringField
-from wtforms.validators import DataRequired, Length
 
 from identity import sso
 from identity.accounts import find_user
@@ -51,17 +48,19 @@ bp = Blueprint("login", __name__)
 MAX_USERNAME = 255
 # Long enough for any passphrase, short enough that hashing stays bounded.
 MAX_PASSWORD = 1024
+MAX_CODE = 64
+MAX_INTERACTION_ID = 64
 
 
-class LoginForm(FlaskForm):
-    username = StringField(validators=[DataRequired(), Length(max=MAX_USERNAME)])
-    password = PasswordField(validators=[DataRequired(), Length(max=MAX_PASSWORD)])
-    i = HiddenField()
-
-
-class CodeForm(FlaskForm):
-    code = StringField(validators=[DataRequired(), Length(max=64)])
-    i = HiddenField()
+# The two sign-in forms are read by hand, not with WTForms: building a form object and
+# rendering its fields was about a tenth of a password sign-in's own CPU (bench/run_login.py),
+# for two text boxes. The CSRF token is still Flask-WTF's: CSRFProtect checks it on every
+# POST before the view runs, and the pages print `csrf_token()`.
+def _filled(name: str, limit: int) -> str | None:
+    """The posted field, when it is there, not blank and at most `limit` characters (what
+    WTForms' DataRequired and Length(max=) checked); otherwise None."""
+    value = request.form.get(name, "")
+    return value if value.strip() and len(value) <= limit else None
 
 
 def resume_url(interaction_id: str | None) -> str:
@@ -74,30 +73,28 @@ def resume_url(interaction_id: str | None) -> str:
 
 @bp.get("/login")
 def login_form() -> Response:
-    form = LoginForm(formdata=None)
-    form.i.data = request.args.get("i", "")
-    form.username.data = session.pop("login_username", None) or session.get("login_hint", "")
-    return Response(render_template("login.html", form=form), headers={"Cache-Control": "no-store"})
+    username = session.pop("login_username", None) or session.get("login_hint", "")
+    page = render_template("login.html", interaction_id=request.args.get("i", ""), username=username)
+    return Response(page, headers={"Cache-Control": "no-store"})
 
 
 @bp.post("/login")
 def login_submit() -> Response:
-    form = LoginForm()
-    interaction_id = (form.i.data or "")[:64]
+    interaction_id = request.form.get("i", "")[:MAX_INTERACTION_ID]
     back = url_for("login.login_form", i=interaction_id) if interaction_id else url_for("login.login_form")
-    if not form.validate():
+    typed_name, password = _filled("username", MAX_USERNAME), _filled("password", MAX_PASSWORD)
+    if typed_name is None or password is None:
         flash(_("Enter your username and password."), "error")
-        session["login_username"] = (form.username.data or "")[:MAX_USERNAME]
+        session["login_username"] = request.form.get("username", "")[:MAX_USERNAME]
         return redirect(back, 303)
     throttle = services().throttle
-    typed_name = form.username.data
     allowed = throttle.check(db(), typed_name, request.remote_addr)
     # The password is checked even when the throttle refuses: the same Argon2id work, so
     # a refusal takes as long as a wrong password, and a locked owner can be let through.
     try:
         # Local accounts by their Argon2id hash; directory officials by their directory.
         checked = check_password(db(), services().passwords, services().directories, typed_name,
-                                 form.password.data, refresh_account=bool(allowed))
+                                 password, refresh_account=bool(allowed))
     except DirectoryUnavailable as error:
         # Not the official's fault, and not a guess: no failure is counted. Local
         # (break-glass) administrators are checked locally and still get in.
@@ -265,29 +262,28 @@ def _current_challenge() -> tuple[LoginChallenge, User] | None:
 
 @bp.get("/login/mfa")
 def mfa_form() -> Response:
+    interaction_id = request.args.get("i", "")[:MAX_INTERACTION_ID]
     if _current_challenge() is None:
         flash(_("Your sign-in has expired. Please sign in again."), "error")
-        return redirect(url_for("login.login_form", i=request.args.get("i", "")[:64] or None), 303)
-    form = CodeForm(formdata=None)
-    form.i.data = request.args.get("i", "")
-    return Response(render_template("login_mfa.html", form=form), headers={"Cache-Control": "no-store"})
+        return redirect(url_for("login.login_form", i=interaction_id or None), 303)
+    return Response(render_template("login_mfa.html", interaction_id=interaction_id),
+                    headers={"Cache-Control": "no-store"})
 
 
 @bp.post("/login/mfa")
 def mfa_submit() -> Response:
-    form = CodeForm()
-    interaction_id = (form.i.data or "")[:64] or None
+    interaction_id = request.form.get("i", "")[:MAX_INTERACTION_ID] or None
     found = _current_challenge()
     if found is None:
         flash(_("Your sign-in has expired. Please sign in again."), "error")
         return redirect(url_for("login.login_form", i=interaction_id), 303)
     challenge, user = found
     back = url_for("login.mfa_form", i=interaction_id)
-    if not form.validate():
+    code = _filled("code", MAX_CODE)
+    if code is None:
         flash(_("Enter the code from your authenticator app or a recovery code."), "error")
         return redirect(back, 303)
     mfa = services().mfa
-    code = form.code.data or ""
     max_attempts = services().config.mfa_policy.max_code_attempts
     # Take one of the challenge's attempts before the code is looked at. The conditional
     # UPDATE (and the row lock it holds until this request ends) is what keeps codes posted
@@ -366,7 +362,7 @@ def passkey_options() -> Response:
 
 @bp.post("/login/passkey")
 def passkey_submit() -> Response:
-    interaction_id = (request.args.get("i") or "")[:64] or None
+    interaction_id = (request.args.get("i") or "")[:MAX_INTERACTION_ID] or None
     try:
         use = services().passkeys.authenticate(db(), request.get_data(as_text=True), None)
     except PasskeyError as error:
@@ -395,7 +391,7 @@ def mfa_passkey_options() -> Response:
 
 @bp.post("/login/mfa/passkey")
 def mfa_passkey_submit() -> Response:
-    interaction_id = (request.args.get("i") or "")[:64] or None
+    interaction_id = (request.args.get("i") or "")[:MAX_INTERACTION_ID] or None
     found = _current_challenge()
     if found is None:
         return _json_error("mfa.challenge_expired", _("Your sign-in has expired. Please sign in again."))
