@@ -16,8 +16,8 @@ from pathlib import Path
 
 from babel.messages.mofile import write_mo
 from babel.messages.pofile import read_po
-from flask import Flask, g, request, session
-from flask_babel import Babel
+from flask import Flask, g, has_app_context, request, session
+from flask_babel import Babel, get_locale, get_translations
 
 SUPPORTED_LOCALES = ("vi", "en")
 LANG_COOKIE = "congvu_lang"
@@ -64,11 +64,31 @@ def select_locale() -> str:
     return first_supported(request.cookies.get(LANG_COOKIE)) or services().config["default_locale"]
 
 
+def _request_translations():  # type: ignore[no-untyped-def]
+    """flask_babel.get_translations(), kept in `g` with the locale it is for (a
+    force_locale block, or a later request in the same app context, gets its own)."""
+    if not has_app_context():
+        return get_translations()
+    locale = get_locale()
+    cached = g.get("_congvu_translations")
+    if cached is None or cached[0] is not locale:
+        cached = g._congvu_translations = (locale, get_translations())
+    return cached[1]
+
+
 def init_i18n(app: Flask, instance_dir: Path) -> None:
     directory = compile_catalogs(instance_dir / "translations")
     app.config["BABEL_TRANSLATION_DIRECTORIES"] = str(directory)
     app.config["BABEL_DEFAULT_LOCALE"] = "vi"
     Babel(app, locale_selector=select_locale)
+    # Flask-Babel's template callables look the catalog up again for every message
+    # (str(locale), then its cache): a page has a dozen. These keep it for the request.
+    app.jinja_env.install_gettext_callables(
+        gettext=lambda s: _request_translations().ugettext(s),
+        ngettext=lambda s, p, n: _request_translations().ungettext(s, p, n),
+        newstyle=True,
+        pgettext=lambda c, s: _request_translations().upgettext(c, s),
+        npgettext=lambda c, s, p, n: _request_translations().unpgettext(c, s, p, n))
 
     @app.after_request
     def _remember_language(response):  # type: ignore[no-untyped-def]

@@ -65,6 +65,20 @@ def test_lang_parameter_switches_and_is_remembered(instance) -> None:  # type: i
     assert page_language(browser.get("/login").get_data(as_text=True)) == "vi"
 
 
+def test_force_locale_inside_a_request_gets_its_own_catalog(instance) -> None:  # type: ignore[no-untyped-def]
+    """Page texts come from a catalog kept for the request (identity/i18n.py): a
+    force_locale block (a mail in the recipient's language) must not get a stale one, and
+    the page after it must not keep the forced one."""
+    from flask import render_template_string
+    from flask_babel import force_locale
+
+    with instance.app.test_request_context("/login?lang=vi"):
+        assert render_template_string("{{ _('Sign in') }}") == "Đăng nhập"
+        with force_locale("en"):
+            assert render_template_string("{{ _('Sign in') }}") == "Sign in"
+        assert render_template_string("{{ _('Sign in') }}") == "Đăng nhập"
+
+
 def test_unsupported_lang_falls_back_to_vietnamese(instance) -> None:  # type: ignore[no-untyped-def]
     browser = instance.client()
     html = browser.get("/login?lang=fr").get_data(as_text=True)
