@@ -128,6 +128,31 @@ def main(ctx: click.Context, data_dir: str | None) -> None:
 
 
 # -- running ----------------------------------------------------------------------------
+# The access line: client, method, path (never the query: authorization answers carry
+# codes), status, bytes, milliseconds.
+ACCESS_LOG_FORMAT = '%(h)s "%(m)s %(U)s" %(s)s %(b)s %(M)sms'
+
+
+def _access_logger_class():  # type: ignore[no-untyped-def]
+    """gunicorn's logger, with the access line's fields taken straight from the request.
+    Its own `atoms` builds some twenty fields, every request and response header among
+    them, and formats the time, for each line: about a fifth of gunicorn's own CPU per
+    request here, for the six fields ACCESS_LOG_FORMAT shows."""
+    from gunicorn.glogging import Logger
+
+    class AccessLogger(Logger):  # type: ignore[misc]
+        def atoms(self, resp, req, environ, request_time):  # type: ignore[no-untyped-def]
+            status = resp.status
+            sent = getattr(resp, "sent", None)
+            return {"h": environ.get("REMOTE_ADDR", "-"), "m": environ.get("REQUEST_METHOD"),
+                    "U": environ.get("PATH_INFO"),
+                    "s": status.split(None, 1)[0] if isinstance(status, str) else status,
+                    "b": "-" if sent is None else str(sent),
+                    "M": request_time.seconds * 1000 + request_time.microseconds // 1000}
+
+    return AccessLogger
+
+
 def _run_gunicorn(app_factory, bind: str, workers: int, worker_class: str = "sync",  # type: ignore[no-untyped-def]
                   threads: int = 4) -> None:
     from gunicorn.app.base import BaseApplication
@@ -140,9 +165,8 @@ def _run_gunicorn(app_factory, bind: str, workers: int, worker_class: str = "syn
             if worker_class == "gthread":
                 self.cfg.set("threads", threads)
             self.cfg.set("accesslog", "-")
-            # Never log query strings of the authorization endpoint's answers: the
-            # access log format below has the path only, not codes or tokens.
-            self.cfg.set("access_log_format", '%(h)s "%(m)s %(U)s" %(s)s %(b)s %(M)sms')
+            self.cfg.set("access_log_format", ACCESS_LOG_FORMAT)
+            self.cfg.set("logger_class", _access_logger_class())
 
         def load(self):  # type: ignore[no-untyped-def]
             return app_factory()
