@@ -120,12 +120,12 @@ def totp_confirm(active: sso.ActiveSession) -> Response:
     # The sign-in that just showed a password and now a TOTP code counts as MFA: the
     # session is restarted with both (a new id, as at any change of privilege).
     amr = [*active.row.amr, *(factor for factor in ("otp", "mfa") if factor not in active.row.amr)]
-    row, cookie_value = sso.start_session(active.user, amr=amr, acr=sso.ACR_MULTI_FACTOR)
-    _audit(active, "session.start", sid=row.sid, amr=row.amr, acr=row.acr)
+    started = sso.start_session(active.user, amr=amr, acr=sso.ACR_MULTI_FACTOR)
+    _audit(active, "session.start", sid=started.sid, amr=started.amr, acr=started.acr)
     response = Response(render_template("recovery_codes.html", codes=codes,
                                         resume=session.pop("after_enrolment", None)),
                         headers={"Cache-Control": "no-store"})
-    sso.set_cookie(response, cookie_value)
+    sso.set_cookie(response, started.cookie_value)
     return response
 
 

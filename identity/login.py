@@ -170,12 +170,13 @@ def finish_sign_in(user: User, *, amr: list[str], acr: str, interaction_id: str 
     session.clear()
     session.update(keep)
     g.pop("csrf_token", None)  # Flask-WTF's per-request cache: the next form gets a new token
-    row, cookie_value = sso.start_session(user, amr=amr, acr=acr)
-    details = {"sid": row.sid} if method is None else {"sid": row.sid, "method": method}
+    started = sso.start_session(user, amr=amr, acr=acr)
+    details = {"sid": started.sid} if method is None else {"sid": started.sid, "method": method}
     audit_event(event, "success", actor_sub=user.sub, actor_username=user.username,
                 reason="credentials.valid", details=details)
     audit_event("session.start", "success", only_if_committed=True, actor_sub=user.sub,
-                actor_username=user.username, details={"sid": row.sid, "amr": row.amr, "acr": row.acr})
+                actor_username=user.username, details={"sid": started.sid, "amr": started.amr,
+                                                          "acr": started.acr})
     if acr != sso.ACR_MULTI_FACTOR:
         resume = _enrolment_detour(user, resume, interaction_id)
     expiry = services().config.password_policy.check_expiry(changed_at=user.password_changed_at,
@@ -187,7 +188,7 @@ def finish_sign_in(user: User, *, amr: list[str], acr: str, interaction_id: str 
         flash(_("Your password has expired. Choose a new one to continue."), "warning")
         resume = url_for("account.password_form")
     response = redirect(resume, 303)
-    sso.set_cookie(response, cookie_value)
+    sso.set_cookie(response, started.cookie_value)
     if new_device is not None:
         # Long-lived: it only marks this browser as one that signed in here before.
         response.set_cookie(device_cookie_name(), new_device, max_age=400 * 86400, path="/",

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 from flask import Response, request
 from sqlalchemy import insert, select, update
-from sqlalchemy.orm import Session, make_transient_to_detached
+from sqlalchemy.orm import Session
 
 from identity.credentials import new_token, token_hash
 from identity.models import SsoSession, User
@@ -69,8 +69,19 @@ def current_session(session: Session | None = None, *, touch: bool = True) -> Ac
     return ActiveSession(row, user)
 
 
-def start_session(user: User, *, amr: list[str], acr: str | None) -> tuple[SsoSession, str]:
-    """Sign this browser in as `user`; returns (row, cookie value).
+@dataclass(frozen=True)
+class StartedSession:
+    """What a sign-in needs of the session it started: the cookie value, and for the
+    audit log its id and how it was signed in."""
+
+    sid: str
+    amr: list[str]
+    acr: str | None
+    cookie_value: str
+
+
+def start_session(user: User, *, amr: list[str], acr: str | None) -> StartedSession:
+    """Sign this browser in as `user`.
 
     The cookie value is always new (no fixation). When the browser's current session is
     already `user`'s (a step-up, a second factor added, max_age or prompt=login), that
@@ -83,30 +94,27 @@ def start_session(user: User, *, amr: list[str], acr: str | None) -> tuple[SsoSe
     now = int(time.time())
     current = _current_row(session)
     if current is not None and current.user_id == user.id:
+        sid = current.sid  # before the row's key changes under it
         session.execute(update(SsoSession).where(SsoSession.id_hash == current.id_hash).values(
             id_hash=token_hash(value), auth_time=now, amr=list(amr), acr=acr, last_seen_at=now,
             ip=request.remote_addr, user_agent=(request.user_agent.string or "")[:512]))
         session.expire(current)
-        return session.get(SsoSession, token_hash(value)), value
+        return StartedSession(sid, list(amr), acr, value)
     if current is not None:
         end_session_and_grants(session, current, reason="signed_in_as_another")
         previous = session.get(User, current.user_id)
         audit_event("session.end", "success", actor_sub=previous.sub if previous else None,
                     actor_username=previous.username if previous else None,
                     reason="session.signed_in_as_another", details={"sid": current.sid})
-    values = {"id_hash": token_hash(value), "sid": new_token(16), "user_id": user.id, "auth_time": now,
-              "amr": list(amr), "acr": acr, "created_at": now, "last_seen_at": now, "ended_at": None,
-              "ip": request.remote_addr, "user_agent": (request.user_agent.string or "")[:512]}
-    # Inserted by one Core statement, then attached to the session as the persistent row it
-    # now is (make_transient_to_detached + add: no second INSERT, no SELECT): every sign-in
-    # starts a session, and the unit of work's flush of this one row was a tenth of the
-    # sign-in's own cost (bench/run_login.py).
+    sid = new_token(16)
+    # One Core statement, no ORM object: every sign-in starts a session, and the unit of
+    # work's flush of this one row was a tenth of the sign-in's own cost (bench/run_login.py).
     session.flush()  # anything pending first, in the order the ORM would have written it
-    session.connection().execute(_INSERT_SESSION, values)
-    row = SsoSession(**values)
-    make_transient_to_detached(row)
-    session.add(row)
-    return row, value
+    session.connection().execute(_INSERT_SESSION, {
+        "id_hash": token_hash(value), "sid": sid, "user_id": user.id, "auth_time": now, "amr": list(amr),
+        "acr": acr, "created_at": now, "last_seen_at": now, "ended_at": None, "ip": request.remote_addr,
+        "user_agent": (request.user_agent.string or "")[:512]})
+    return StartedSession(sid, list(amr), acr, value)
 
 
 def _current_row(session: Session) -> SsoSession | None:
