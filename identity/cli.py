@@ -8,6 +8,7 @@ out of shell history and `ps`.
 
 from __future__ import annotations
 
+import gc
 import getpass
 import json
 import os
@@ -169,7 +170,13 @@ def _run_gunicorn(app_factory, bind: str, workers: int, worker_class: str = "syn
             self.cfg.set("logger_class", _access_logger_class())
 
         def load(self):  # type: ignore[no-untyped-def]
-            return app_factory()
+            app = app_factory()
+            # The app's own objects (SQLAlchemy's metadata, templates, catalogs) live as long
+            # as the worker: frozen, the collector's full passes no longer walk them (one
+            # such pass took over 100 ms every few thousand sign-ins).
+            gc.collect()
+            gc.freeze()
+            return app
 
     Server().run()
 
