@@ -38,12 +38,12 @@ Durability on each backend:
   role configured with synchronous_commit=off cannot weaken the 250. A transaction that
   also appends audit records holds the chain's head lock, which every audit writer of
   every node waits for; so that it is not held through the flush, that transaction
-  commits with synchronous_commit off and a second one, with it on, writes one WAL record
-  and so waits until the WAL is flushed past the first commit (the audit log's own way,
-  identity/audit/log.py _FLUSH_SQL). Only then do the callers hear of their commit. If
-  that second transaction fails (the connection lost), the sessions answer 4xx though
-  their messages may well be stored: a client's retry then queues a duplicate, which
-  SMTP prefers to a loss (RFC 5321 6.1).
+  commits with synchronous_commit off and a second one, with it at least on, writes one
+  WAL record and so waits until the WAL is flushed past the first commit (the audit
+  log's own way, identity/audit/log.py flush_wal). Only then do the callers hear of
+  their commit. If that second transaction fails (the connection lost), the sessions
+  answer 4xx though their messages may well be stored: a client's retry then queues a
+  duplicate, which SMTP prefers to a loss (RFC 5321 6.1).
 
 Recipients move through plain states (see `RetrySchedule` for the timing):
 queued → delivered | deferred | bounced; deferred → delivered | deferred | bounced.
@@ -78,7 +78,7 @@ from typing import Any
 
 from sqlalchemy import Engine, and_, bindparam, delete, event, func, or_, select, update
 
-from identity.audit.log import AuditEntry, AuditLog, Prepared
+from identity.audit.log import AuditEntry, AuditLog, Prepared, flush_wal_on
 from identity.db import Database, make_engine
 from identity.models import MailQueueMessage, MailQueueRecipient
 
@@ -133,8 +133,6 @@ _WRITER_SQL = {dialect: _writer_sql(dialect) for dialect in ("sqlite", "postgres
 # PostgreSQL: see the module's docstring (durability).
 _SYNCHRONOUS_COMMIT = {True: "SET LOCAL synchronous_commit TO on",
                        False: "SET LOCAL synchronous_commit TO off"}
-_FLUSH_SQL = ("SET LOCAL synchronous_commit TO on",
-              "SELECT pg_logical_emit_message(true, 'congvu.mailgw', 'durable')")
 
 _SENDERS = select(messages_table.c.id, messages_table.c.sender_sub).where(
     messages_table.c.id.in_(bindparam("ids", expanding=True)))
@@ -509,9 +507,7 @@ class MailQueue:
                 assert self.audit_log is not None  # _submit checked
                 self.audit_log.append_in(driver, dialect, audit)
         if dialect == "postgresql" and audited:
-            with self.engine.begin() as connection:
-                for statement in _FLUSH_SQL:
-                    connection.exec_driver_sql(statement)
+            flush_wal_on(self.engine)  # see the module's docstring (durability)
         self.commits += 1
         self.committed_messages += len(messages)
         return recorded

@@ -116,6 +116,32 @@ def login_via_form(http: Any, login_url: str, username: str, password: str) -> A
     }, allow_redirects=False)
 
 
+def watch_driver_statements(monkeypatch: Any) -> list[str]:
+    """Every statement psycopg's cursors run from now on, whitespace folded, lower case,
+    and "commit" for each commit: the audit log's and the mail queue's writers talk to
+    the driver's cursor, below SQLAlchemy's events."""
+    import psycopg
+
+    statements: list[str] = []
+
+    def spy(original: Any) -> Any:
+        def run(self: Any, query: Any, *args: Any, **kwargs: Any) -> Any:
+            statements.append(" ".join(str(query).split()).lower())
+            return original(self, query, *args, **kwargs)
+        return run
+
+    def commit(original: Any) -> Any:
+        def run(self: Any) -> Any:
+            statements.append("commit")
+            return original(self)
+        return run
+
+    monkeypatch.setattr(psycopg.Cursor, "execute", spy(psycopg.Cursor.execute))
+    monkeypatch.setattr(psycopg.Cursor, "executemany", spy(psycopg.Cursor.executemany))
+    monkeypatch.setattr(psycopg.Connection, "commit", commit(psycopg.Connection.commit))
+    return statements
+
+
 VECTORS = Path(__file__).parent / "vectors"
 
 

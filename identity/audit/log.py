@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any, NamedTuple
 
-from sqlalchemy import Connection, func, select
+from sqlalchemy import Connection, Engine, func, select
 
 from identity.audit import chain
 from identity.audit.group_commit import GroupCommit
@@ -69,14 +69,20 @@ _LAST_CHECKPOINT_SQL = "SELECT created_at FROM audit_checkpoints ORDER BY seq DE
 # PostgreSQL: the head lock is a row lock, held until the commit has flushed the WAL to
 # disk (2-5 ms on this machine's disk, most of a locked transaction). So the locked
 # transaction commits without waiting for the flush, and releases the lock at once;
-# then a second transaction, with the server's own synchronous_commit, writes one WAL
-# record (a transactional logical message: no table, no lock, any role may) and so has
-# to flush the WAL up to and past the first commit before it returns. Only then are the
-# callers told. The WAL is one sequence: whatever survives a crash is a prefix of the
-# commits, so the chain on disk is never missing a record that a later one chains from.
-# Other processes' flushes overlap this one instead of queueing behind the lock.
+# then a second transaction (flush_wal) writes one WAL record (a transactional logical
+# message: no table, no lock, any role may) and so has to flush the WAL up to and past
+# the first commit before it returns. Only then are the callers told. The WAL is one
+# sequence: whatever survives a crash is a prefix of the commits, so the chain on disk
+# is never missing a record that a later one chains from. Other processes' flushes
+# overlap this one instead of queueing behind the lock.
+# The second transaction commits with the server's synchronous_commit, raised to `on`
+# where it is `off` (a server or role set to off must not weaken what the callers are
+# told), and left alone otherwise: with synchronous replication (on, remote_apply ...)
+# it also waits for the standby, so durability is then the server's.
 _ASYNC_COMMIT_SQL = "SET LOCAL synchronous_commit = off"
-_FLUSH_SQL = "SELECT pg_logical_emit_message(true, 'congvu.audit', 'durable')"
+_FLUSH_SQL = ("SELECT set_config('synchronous_commit', 'on', true) "
+              "WHERE current_setting('synchronous_commit') = 'off'",
+              "SELECT pg_logical_emit_message(true, 'congvu', 'durable')")
 _LOCK_HEAD_SQL = {
     "postgresql": "SELECT seq, hash, NULL FROM audit_head WHERE id = 1 FOR UPDATE",
     "sqlite": "UPDATE audit_head SET seq = seq WHERE id = 1 RETURNING seq, hash, "
@@ -117,6 +123,35 @@ def _read_sql(dialect: str) -> str:
 
 
 _READ_SQL = {dialect: _read_sql(dialect) for dialect in _LOCK_HEAD_SQL}
+
+
+def flush_wal(driver: Any) -> None:
+    """PostgreSQL: commit one small transaction on `driver` (a psycopg connection with no
+    transaction open) that returns only once the WAL is on disk up to and past every
+    commit made before it, on any connection: what a transaction committed with
+    synchronous_commit off (holding the head lock) needs before anyone is told of it
+    (see _FLUSH_SQL). One round trip."""
+    with driver.pipeline():
+        for statement in _FLUSH_SQL:
+            driver.execute(statement)
+        driver.commit()
+
+
+def flush_wal_on(engine: Engine) -> None:
+    """flush_wal on a connection of `engine`'s pool (for callers whose transaction
+    committed on a connection already handed back). A failure is raised: the commits
+    before it are then probably, but not surely, on disk."""
+    raw = engine.raw_connection()
+    try:
+        flush_wal(raw.driver_connection)
+    except BaseException:
+        try:
+            raw.rollback()
+        except Exception:  # noqa: BLE001 - the connection is broken: the pool drops it
+            raw.invalidate()
+        raise
+    finally:
+        raw.close()
 
 
 def _decoded_details(value: str | None) -> Any:
@@ -350,21 +385,34 @@ class AuditLog:
         """The records as `append_in` takes them: scrubbed and encoded, in the caller's thread."""
         return [_stored_fields(entry) for entry in entries]
 
-    def append_in(self, driver: Any, dialect: str, prepared: Sequence[Prepared]) -> list[int]:
+    def append_in(self, driver: Any, dialect: str, prepared: Sequence[Prepared], *,
+                  commit_async: bool = False) -> list[int]:
         """Append `prepared` records (from `prepare`) in a transaction the caller holds open
         on `driver` (the DBAPI connection under a SQLAlchemy connection), after its own
         statements; returns their sequence numbers. The caller commits: its rows and these
         records are then both or neither (mailgw/queue.py: a queued message and its
-        `mail.accepted` record in one commit).
+        `mail.accepted` record in one commit; identity.services: a web request's rows and
+        its records).
 
         The head lock is taken here and held until that commit, so call this last. On
         PostgreSQL a commit that waits for the WAL flush would keep every other writer of
-        the chain waiting that long: commit with synchronous_commit off, then flush as
-        `_write_batch` does (see _FLUSH_SQL) before relying on the records."""
+        the chain waiting that long: commit with synchronous_commit off (`commit_async`
+        sets it here, for the rest of the transaction), then `flush_wal` or `flush_wal_on`
+        (see _FLUSH_SQL) before relying on the records. On PostgreSQL the statements go
+        out pipelined (see _write_batch)."""
         if not prepared:
             return []
+        if dialect != "postgresql":
+            return self._append_on(driver, dialect, prepared, commit_async=False)
+        with driver.pipeline():
+            return self._append_on(driver, dialect, prepared, commit_async=commit_async)
+
+    def _append_on(self, driver: Any, dialect: str, prepared: Sequence[Prepared], *,
+                   commit_async: bool) -> list[int]:
         cursor = driver.cursor()
         try:
+            if commit_async:
+                cursor.execute(_ASYNC_COMMIT_SQL)
             head_seq, head_hash, signed_at = self._lock_head(cursor, driver, dialect)
             return self._append_locked(cursor, driver, dialect, head_seq, head_hash, signed_at,
                                        list(prepared))
@@ -389,8 +437,7 @@ class AuditLog:
                 with driver.pipeline():
                     seqs = self._write_locked(driver, "postgresql", take)
                     # See _FLUSH_SQL: the callers return only once this has committed.
-                    driver.execute(_FLUSH_SQL)
-                    driver.commit()
+                    flush_wal(driver)  # in the same pipeline: no round trip of its own
             else:
                 seqs = self._write_locked(driver, "sqlite", take)
         except BaseException:

@@ -1,6 +1,6 @@
 """Driving the provider's flows for the audit tests: the records a flow wrote, read back
 in order; the soundness every record must keep; the command line on an instance's own
-folder and database; an admin token for the admin API."""
+folder and database; an admin token for the admin API; a request's commit made to fail."""
 
 from __future__ import annotations
 
@@ -15,6 +15,7 @@ from typing import Any
 
 from click.testing import CliRunner, Result
 
+import identity.services
 from identity.cli import main as cli
 from identity.credentials import token_hash
 from identity.models import AdminToken
@@ -100,3 +101,27 @@ def make_cli(data: Path, database_url: str, issuer: str) -> Cli:
         "CONGVU_CLIENTS__CACHE_SECONDS": "0",
         "CONGVU_MASTER_KEY": None, "CONGVU_CONFIG": None, "CONGVU_DATA_DIR": None,
     })
+
+
+class CommitLost(RuntimeError):
+    """The database went away during a request's commit (injected by fail_request_commits)."""
+
+
+def fail_request_commits(monkeypatch: Any) -> list[int]:
+    """From now on every request's commit fails, after the request did all its work and
+    its audit records were appended in its transaction (identity.services.
+    commit_request_session): the failure lands between the append and the commit. Returns
+    a list that counts the failed commits."""
+    real = identity.services.commit_request_session
+    failed: list[int] = []
+
+    def lose_commit() -> None:
+        failed.append(1)
+        raise CommitLost("database went away during commit")
+
+    def failing(session: Any, entries: Any = ()) -> bool:
+        monkeypatch.setattr(session, "commit", lose_commit)
+        return real(session, entries)
+
+    monkeypatch.setattr(identity.services, "commit_request_session", failing)
+    return failed

@@ -16,14 +16,14 @@ import pytest
 from flask import g
 from sqlalchemy import select
 
-import identity.services
 from identity.models import Grant, RefreshToken
 from identity.oidc.server import OpenIDConnect
-from identity.services import audit_event, flush_audit_events
+from identity.services import audit_event, end_request_transaction
 from tests.audit.flows import (
     add_admin_token,
     all_records,
     assert_log_sound,
+    fail_request_commits,
     last_seq,
     make_cli,
     records_after,
@@ -394,16 +394,6 @@ def test_cli_changes_are_recorded_with_the_os_user(tmp_path: Path, database_url:
 
 
 # -- a request's own writes rolled back ---------------------------------------------------------
-def fail_to_commit() -> None:
-    """In place of identity.services.commit_request_session: the commit fails (the
-    database went away), after the request did all its work."""
-    session = g.pop("_db", None)
-    if session is not None:
-        session.rollback()
-        session.close()
-        raise RuntimeError("database went away during commit")
-
-
 def test_token_endpoint_failing_after_issuance_records_no_issuance(instance, monkeypatch) -> None:  # type: ignore[no-untyped-def]
     """The grant ran (code consumed, refresh token stored, token.issued queued), then the
     ID token could not be made: all of it is rolled back, so no issuance is recorded, and
@@ -439,12 +429,12 @@ def test_commit_failing_drops_only_the_events_about_the_requests_writes(  # type
     http = instance.client()
     page = http.get("/login").get_data(as_text=True)
 
-    monkeypatch.setattr(identity.services, "commit_request_session", fail_to_commit)
+    failed = fail_request_commits(monkeypatch)
     instance.app.config["PROPAGATE_EXCEPTIONS"] = False  # the 500 page, as in production
     mark = last_seq(instance)
     response = http.post("/login", data={"csrf_token": csrf_token(page), "username": "canbo",
                                          "password": PASSWORD, "i": hidden_field(page, "i")})
-    assert response.status_code == 500
+    assert response.status_code == 500 and failed == [1]
     assert summary(records_after(instance, mark)) == [
         ("signin.password", "success", "credentials.valid")]
     assert_log_sound(instance)
@@ -459,28 +449,28 @@ def test_revocation_that_does_not_commit_records_nothing(instance, monkeypatch, 
     tokens = full_flow(instance, client_id, secret)
     grant_id = jwt_parts(tokens["access_token"])[1]["grant_id"]
 
-    monkeypatch.setattr(identity.services, "commit_request_session", fail_to_commit)
+    failed = fail_request_commits(monkeypatch)
     mark = last_seq(instance)
     response = instance.client().post("/revoke", data={"token": tokens[kind], "token_type_hint": kind},
                                       auth=(client_id, secret))
-    assert response.status_code == 500
+    assert response.status_code == 500 and failed == [1]
     assert records_after(instance, mark) == []
     with instance.services.database.session() as session:
         assert session.get(Grant, grant_id).revoked_at is None
     assert_log_sound(instance)
 
 
-def test_flush_keeps_refusals_and_drops_uncommitted_writes(instance) -> None:  # type: ignore[no-untyped-def]
+def test_ending_a_request_keeps_refusals_and_drops_uncommitted_writes(instance) -> None:  # type: ignore[no-untyped-def]
     mark = last_seq(instance)
     with instance.app.test_request_context("/x", headers={"User-Agent": USER_AGENT},
                                            environ_base={"REMOTE_ADDR": SOURCE_IP}):
         audit_event("test.refused", "failure", reason="test.reason")
         audit_event("test.written", "success", only_if_committed=True, target="t1")
-        flush_audit_events(committed=False)
-        assert g.get("_audit_events") is None  # flushed once: nothing left to write twice
+        end_request_transaction(commit=False)
+        assert g.get("_audit_events") is None  # written once: nothing left to write twice
     with instance.app.test_request_context("/y"):
         audit_event("test.written", "success", only_if_committed=True, target="t2")
-        flush_audit_events(committed=True)
+        end_request_transaction(commit=True)
     after = records_after(instance, mark)
     assert [(r["event"], r["target"]) for r in after] == [("test.refused", None), ("test.written", "t2")]
     assert_origin(after[0])

@@ -13,6 +13,7 @@ from sqlalchemy import select, text
 
 from identity.models import AuditEvent, MailQueueMessage, MailQueueRecipient
 from mailgw.queue import DELIVERED, QUEUED, MailQueue, Outcome, QueueClosed
+from tests.helpers import watch_driver_statements
 from tests.mailgw.upstream import wait_until
 from tests.test_cli import Congvu, congvu  # noqa: F401 - the CLI fixture, reused
 
@@ -30,24 +31,6 @@ def queue(instance: Any) -> Any:
 def rows(instance: Any, table: Any) -> list[Any]:
     with instance.services.database.engine.connect() as connection:
         return connection.execute(select(table)).all()
-
-
-def watch_driver_statements(monkeypatch: Any) -> list[str]:
-    """Every statement psycopg's cursors run from now on, whitespace folded, lower case:
-    the queue's writer talks to the driver's cursor, below SQLAlchemy's events."""
-    import psycopg
-
-    statements: list[str] = []
-
-    def spy(original: Any) -> Any:
-        def run(self: Any, query: Any, *args: Any, **kwargs: Any) -> Any:
-            statements.append(" ".join(str(query).split()).lower())
-            return original(self, query, *args, **kwargs)
-        return run
-
-    monkeypatch.setattr(psycopg.Cursor, "execute", spy(psycopg.Cursor.execute))
-    monkeypatch.setattr(psycopg.Cursor, "executemany", spy(psycopg.Cursor.executemany))
-    return statements
 
 
 def test_enqueue_stores_message_and_envelope_before_returning(instance, queue) -> None:  # type: ignore[no-untyped-def]
@@ -184,7 +167,7 @@ def test_an_accepted_message_and_its_audit_record_share_one_commit(instance, bac
 
         order = [first("set local synchronous_commit to off"),
                  first("select seq, hash, null from audit_head"),
-                 first("set local synchronous_commit to on"), first("select pg_logical_emit_message")]
+                 first("select set_config('synchronous_commit'"), first("select pg_logical_emit_message")]
         assert order == sorted(order), flushed
 
 
