@@ -12,6 +12,8 @@ at start (a few milliseconds), so no build step or committed binary is needed.
 
 from __future__ import annotations
 
+import os
+import tempfile
 from pathlib import Path
 
 from babel.messages.mofile import write_mo
@@ -33,10 +35,18 @@ def compile_catalogs(target: Path) -> Path:
         mo_path.parent.mkdir(parents=True, exist_ok=True)
         with po_path.open("rb") as handle:
             catalog = read_po(handle, locale=locale)
-        temporary = mo_path.with_suffix(".tmp")
-        with temporary.open("wb") as handle:
-            write_mo(handle, catalog)
-        temporary.replace(mo_path)  # atomic: concurrent workers never read half a file
+        # A temporary file of this call's own (gunicorn's workers start together and each
+        # compiles a stale catalog: with one shared name, the second rename found nothing
+        # and that worker failed to boot), then an atomic rename: no one reads half a file.
+        descriptor, temporary = tempfile.mkstemp(dir=mo_path.parent, prefix="messages.", suffix=".tmp")
+        try:
+            os.fchmod(descriptor, 0o644)  # as a plain open() would have made it
+            with os.fdopen(descriptor, "wb") as handle:
+                write_mo(handle, catalog)
+            os.replace(temporary, mo_path)
+        except BaseException:
+            Path(temporary).unlink(missing_ok=True)
+            raise
     return target
 
 

@@ -79,6 +79,41 @@ def test_force_locale_inside_a_request_gets_its_own_catalog(instance) -> None:  
         assert render_template_string("{{ _('Sign in') }}") == "Đăng nhập"
 
 
+def test_workers_compiling_the_catalogs_at_once_all_start(tmp_path: Path) -> None:
+    """gunicorn's workers start together, and each compiles the catalogs when the instance
+    folder's copy is missing or older than the source: none may fail (a shared temporary
+    file name once made the second rename fail and its worker not boot)."""
+    import threading
+
+    from babel.messages.mofile import read_mo
+
+    from identity.i18n import compile_catalogs
+
+    for attempt in range(5):
+        target = tmp_path / f"attempt-{attempt}"
+        start = threading.Barrier(8)
+        errors: list[Exception] = []
+
+        def compile_now(target: Path = target, start: threading.Barrier = start,
+                        errors: list[Exception] = errors) -> None:
+            start.wait()
+            try:
+                compile_catalogs(target)
+            except Exception as error:  # noqa: BLE001 - collected and asserted below
+                errors.append(error)
+
+        threads = [threading.Thread(target=compile_now) for _ in range(8)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        assert errors == []
+        mo_path = target / "vi" / "LC_MESSAGES" / "messages.mo"
+        with mo_path.open("rb") as handle:
+            assert read_mo(handle).get("Sign in").string == translation_of("Sign in")
+        assert sorted(path.name for path in mo_path.parent.iterdir()) == ["messages.mo"]
+
+
 def test_unsupported_lang_falls_back_to_vietnamese(instance) -> None:  # type: ignore[no-untyped-def]
     browser = instance.client()
     html = browser.get("/login?lang=fr").get_data(as_text=True)
