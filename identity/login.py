@@ -14,12 +14,14 @@ from __future__ import annotations
 
 import json
 import math
+import re
 import time
 from urllib.parse import urlencode
 
 from flask import (
     Blueprint,
     Response,
+    current_app,
     flash,
     g,
     redirect,
@@ -28,7 +30,9 @@ from flask import (
     session,
     url_for,
 )
+from flask_babel import get_locale
 from flask_babel import gettext as _
+from flask_wtf.csrf import generate_csrf
 from sqlalchemy import delete, select, update
 
 from identity import sso
@@ -74,8 +78,48 @@ def resume_url(interaction_id: str | None) -> str:
 @bp.get("/login")
 def login_form() -> Response:
     username = session.pop("login_username", None) or session.get("login_hint", "")
-    page = render_template("login.html", interaction_id=request.args.get("i", ""), username=username)
+    interaction_id = request.args.get("i", "")
+    page = (_plain_login_page(interaction_id) if _is_plain_login_page(interaction_id, username)
+            else render_template("login.html", interaction_id=interaction_id, username=username))
     return Response(page, headers={"Cache-Control": "no-store"})
+
+
+# The sign-in page as almost every browser gets it: no message to show, no name to fill
+# in, no query but an interaction id. Rendering it (Jinja, a dozen translated strings, the
+# language links) was a fifth of a password sign-in's own CPU, for a page that differs
+# between such requests only by its CSRF token and interaction id. So it is rendered once
+# per language (and with or without an interaction) with placeholders in their place,
+# and the two values are put in per request. Both are [A-Za-z0-9_.-] only (the CSRF token
+# is Flask-WTF's signed token; an interaction id of any other form gets the full
+# render), so nothing needs escaping in HTML or in a URL. tests/test_login_page.py compares
+# this page with the full render.
+_TOKEN_PLACEHOLDER = "congvu-placeholder-csrf-token"
+_INTERACTION_PLACEHOLDER = "congvu-placeholder-interaction"
+_PLAIN_INTERACTION = re.compile(rf"[A-Za-z0-9_-]{{1,{MAX_INTERACTION_ID}}}")
+
+
+def _is_plain_login_page(interaction_id: str, username: str) -> bool:
+    if username or session.get("_flashes"):
+        return False
+    return not request.args or (request.args.keys() == {"i"}
+                                and _PLAIN_INTERACTION.fullmatch(interaction_id) is not None)
+
+
+def _plain_login_page(interaction_id: str) -> str:
+    locale = str(get_locale())
+    pages = current_app.extensions.setdefault("congvu.login_pages", {})
+    key = (locale, bool(interaction_id))
+    page = pages.get(key)
+    if page is None:
+        placeholder = _INTERACTION_PLACEHOLDER if interaction_id else ""
+        # The language links as the context processor makes them (identity/app.py), for
+        # this page's only possible query.
+        query = {"i": placeholder} if placeholder else {}
+        page = pages[key] = render_template(
+            "login.html", interaction_id=placeholder, username="", csrf_token=lambda: _TOKEN_PLACEHOLDER,
+            lang_url=lambda code: "/login?" + urlencode({**query, "lang": code}))
+    page = page.replace(_TOKEN_PLACEHOLDER, generate_csrf())
+    return page.replace(_INTERACTION_PLACEHOLDER, interaction_id) if interaction_id else page
 
 
 @bp.post("/login")

@@ -1,0 +1,86 @@
+"""The sign-in page from its per-language copy (identity/login.py `_plain_login_page`) is
+the page the template renders, byte for byte, in every language, with and without an
+interaction; every other page (a message, a name to fill in, another query, an
+interaction id of another form) is rendered in full, escaped as always."""
+
+from __future__ import annotations
+
+import html
+from typing import Any
+
+import pytest
+from flask import render_template
+
+from identity import login
+from identity.i18n import LANG_COOKIE
+from tests.helpers import csrf_token, hidden_field
+
+TOKEN = "ImFiY2RlZiI.aGVsbG8.c2lnbmF0dXJl-_"  # the alphabet of Flask-WTF's signed tokens
+
+
+def full_render(instance: Any, path: str, locale: str, interaction_id: str) -> str:
+    with instance.app.test_request_context(path, headers={"Cookie": f"{LANG_COOKIE}={locale}"}):
+        return render_template("login.html", interaction_id=interaction_id, username="",
+                               csrf_token=lambda: TOKEN)
+
+
+def from_copy(instance: Any, path: str, locale: str, interaction_id: str,
+              monkeypatch: pytest.MonkeyPatch) -> str:
+    monkeypatch.setattr(login, "generate_csrf", lambda: TOKEN)
+    with instance.app.test_request_context(path, headers={"Cookie": f"{LANG_COOKIE}={locale}"}):
+        assert login._is_plain_login_page(interaction_id, "")
+        return login._plain_login_page(interaction_id)
+
+
+@pytest.mark.parametrize("locale", ["vi", "en"])
+@pytest.mark.parametrize(("path", "interaction_id"), [
+    ("/login", ""),
+    ("/login?i=Ab-9_xYz", "Ab-9_xYz"),
+    ("/login?i=" + "z" * 64, "z" * 64),
+])
+def test_page_from_its_copy_is_the_full_render(instance: Any, monkeypatch: pytest.MonkeyPatch, locale: str,
+                                               path: str, interaction_id: str) -> None:
+    expected = full_render(instance, path, locale, interaction_id)
+    assert f'<html lang="{locale}">' in expected
+    assert from_copy(instance, path, locale, interaction_id, monkeypatch) == expected  # made
+    assert from_copy(instance, path, locale, interaction_id, monkeypatch) == expected  # reused
+    assert "placeholder" not in expected
+
+
+def test_each_page_gets_its_own_token_and_interaction(instance: Any) -> None:
+    first = instance.client().get("/login?i=first-interaction").get_data(as_text=True)
+    second = instance.client().get("/login?i=second-interaction").get_data(as_text=True)
+
+    assert csrf_token(first) != csrf_token(second)
+    assert hidden_field(first, "i") == "first-interaction"
+    assert hidden_field(second, "i") == "second-interaction"
+    assert 'data-submit="/login/passkey?i=second-interaction"' in second
+    assert "first-interaction" not in second
+
+
+@pytest.mark.parametrize(("path", "reason"), [
+    ("/login?i=%22%3E%3Cscript%3Ealert(1)%3C/script%3E", "interaction id of another form"),
+    ("/login?i=", "empty interaction id"),
+    ("/login?i=" + "z" * 65, "interaction id too long"),
+    ("/login?i=abc&lang=en", "another query"),
+])
+def test_other_pages_are_rendered_in_full(instance: Any, path: str, reason: str) -> None:
+    with instance.app.test_request_context(path):
+        from flask import request
+
+        assert not login._is_plain_login_page(request.args.get("i", ""), ""), reason
+    page = instance.client().get(path).get_data(as_text=True)
+    assert "<script>alert" not in page
+    assert "placeholder" not in page
+    typed = path.partition("i=")[2].partition("&")[0]
+    if typed.startswith("%22"):
+        assert html.unescape(hidden_field(page, "i")) == '"><script>alert(1)</script>'
+
+
+def test_page_with_a_name_or_a_message_is_rendered_in_full(instance: Any) -> None:
+    with instance.app.test_request_context("/login"):
+        assert not login._is_plain_login_page("", "an.nv")
+        from flask import flash
+
+        flash("message", "error")
+        assert not login._is_plain_login_page("", "")
