@@ -79,45 +79,49 @@ def resume_url(interaction_id: str | None) -> str:
 def login_form() -> Response:
     username = session.pop("login_username", None) or session.get("login_hint", "")
     interaction_id = request.args.get("i", "")
-    page = (_plain_login_page(interaction_id) if _is_plain_login_page(interaction_id, username)
+    page = (_plain_page("login.html", interaction_id) if _is_plain_page(username)
             else render_template("login.html", interaction_id=interaction_id, username=username))
     return Response(page, headers={"Cache-Control": "no-store"})
 
 
-# The sign-in page as almost every browser gets it: no message to show, no name to fill
-# in, no query but an interaction id. Rendering it (Jinja, a dozen translated strings, the
-# language links) was a fifth of a password sign-in's own CPU, for a page that differs
-# between such requests only by its CSRF token and interaction id. So it is rendered once
-# per language (and with or without an interaction) with placeholders in their place,
-# and the two values are put in per request. Both are [A-Za-z0-9_.-] only (the CSRF token
-# is Flask-WTF's signed token; an interaction id of any other form gets the full
-# render), so nothing needs escaping in HTML or in a URL. tests/test_login_page.py compares
-# this page with the full render.
+# The sign-in pages as almost every browser gets them: no message to show, no name to fill
+# in, no query but an interaction id. Rendering the password page (Jinja, a dozen
+# translated strings, the language links) was a fifth of a password sign-in's own CPU,
+# for a page that differs between such requests only by its CSRF token and interaction
+# id. So each is rendered once per language (and with or without an interaction) with
+# placeholders in their place, and the two values are put in per request. Both are
+# [A-Za-z0-9_.-] only (the CSRF token is Flask-WTF's signed token; an interaction id of
+# any other form gets the full render), so nothing needs escaping in HTML or in a URL.
+# tests/test_login_page.py compares these pages with the full render.
 _TOKEN_PLACEHOLDER = "congvu-placeholder-csrf-token"
 _INTERACTION_PLACEHOLDER = "congvu-placeholder-interaction"
 _PLAIN_INTERACTION = re.compile(rf"[A-Za-z0-9_-]{{1,{MAX_INTERACTION_ID}}}")
 
 
-def _is_plain_login_page(interaction_id: str, username: str) -> bool:
+def _is_plain_page(username: str = "") -> bool:
+    """May this request's page come from its copy (`_plain_page`)? Then its interaction id
+    is `request.args["i"]` as sent, or none."""
     if username or session.get("_flashes"):
         return False
     return not request.args or (request.args.keys() == {"i"}
-                                and _PLAIN_INTERACTION.fullmatch(interaction_id) is not None)
+                                and _PLAIN_INTERACTION.fullmatch(request.args["i"]) is not None)
 
 
-def _plain_login_page(interaction_id: str) -> str:
+def _plain_page(template: str, interaction_id: str) -> str:
+    """`template` (served at this request's path alone) from its copy for this language."""
     locale = str(get_locale())
-    pages = current_app.extensions.setdefault("congvu.login_pages", {})
-    key = (locale, bool(interaction_id))
+    pages = current_app.extensions.setdefault("congvu.plain_pages", {})
+    key = (template, locale, bool(interaction_id))
     page = pages.get(key)
     if page is None:
         placeholder = _INTERACTION_PLACEHOLDER if interaction_id else ""
         # The language links as the context processor makes them (identity/app.py), for
         # this page's only possible query.
         query = {"i": placeholder} if placeholder else {}
+        path = request.path
         page = pages[key] = render_template(
-            "login.html", interaction_id=placeholder, username="", csrf_token=lambda: _TOKEN_PLACEHOLDER,
-            lang_url=lambda code: "/login?" + urlencode({**query, "lang": code}))
+            template, interaction_id=placeholder, username="", csrf_token=lambda: _TOKEN_PLACEHOLDER,
+            lang_url=lambda code: f"{path}?{urlencode({**query, 'lang': code})}")
     page = page.replace(_TOKEN_PLACEHOLDER, generate_csrf())
     return page.replace(_INTERACTION_PLACEHOLDER, interaction_id) if interaction_id else page
 
@@ -311,8 +315,9 @@ def mfa_form() -> Response:
     if _current_challenge() is None:
         flash(_("Your sign-in has expired. Please sign in again."), "error")
         return redirect(url_for("login.login_form", i=interaction_id or None), 303)
-    return Response(render_template("login_mfa.html", interaction_id=interaction_id),
-                    headers={"Cache-Control": "no-store"})
+    page = (_plain_page("login_mfa.html", interaction_id) if _is_plain_page()
+            else render_template("login_mfa.html", interaction_id=interaction_id))
+    return Response(page, headers={"Cache-Control": "no-store"})
 
 
 @bp.post("/login/mfa")

@@ -1,7 +1,8 @@
-"""The sign-in page from its per-language copy (identity/login.py `_plain_login_page`) is
-the page the template renders, byte for byte, in every language, with and without an
-interaction; every other page (a message, a name to fill in, another query, an
-interaction id of another form) is rendered in full, escaped as always."""
+"""The sign-in pages (password, second factor) from their per-language copies
+(identity/login.py `_plain_page`) are the pages the templates render, byte for byte, in
+every language, with and without an interaction; every other page (a message, a name to
+fill in, another query, an interaction id of another form) is rendered in full, escaped
+as always."""
 
 from __future__ import annotations
 
@@ -18,32 +19,34 @@ from tests.helpers import csrf_token, hidden_field
 TOKEN = "ImFiY2RlZiI.aGVsbG8.c2lnbmF0dXJl-_"  # the alphabet of Flask-WTF's signed tokens
 
 
-def full_render(instance: Any, path: str, locale: str, interaction_id: str) -> str:
+def full_render(instance: Any, template: str, path: str, locale: str, interaction_id: str) -> str:
     with instance.app.test_request_context(path, headers={"Cookie": f"{LANG_COOKIE}={locale}"}):
-        return render_template("login.html", interaction_id=interaction_id, username="",
-                               csrf_token=lambda: TOKEN)
+        return render_template(template, interaction_id=interaction_id, username="", csrf_token=lambda: TOKEN)
 
 
-def from_copy(instance: Any, path: str, locale: str, interaction_id: str,
+def from_copy(instance: Any, template: str, path: str, locale: str, interaction_id: str,
               monkeypatch: pytest.MonkeyPatch) -> str:
     monkeypatch.setattr(login, "generate_csrf", lambda: TOKEN)
     with instance.app.test_request_context(path, headers={"Cookie": f"{LANG_COOKIE}={locale}"}):
-        assert login._is_plain_login_page(interaction_id, "")
-        return login._plain_login_page(interaction_id)
+        assert login._is_plain_page()
+        return login._plain_page(template, interaction_id)
 
 
 @pytest.mark.parametrize("locale", ["vi", "en"])
-@pytest.mark.parametrize(("path", "interaction_id"), [
-    ("/login", ""),
-    ("/login?i=Ab-9_xYz", "Ab-9_xYz"),
-    ("/login?i=" + "z" * 64, "z" * 64),
+@pytest.mark.parametrize(("query", "interaction_id"), [
+    ("", ""),
+    ("?i=Ab-9_xYz", "Ab-9_xYz"),
+    ("?i=" + "z" * 64, "z" * 64),
 ])
+@pytest.mark.parametrize(("template", "page"), [("login.html", "/login"), ("login_mfa.html", "/login/mfa")])
 def test_page_from_its_copy_is_the_full_render(instance: Any, monkeypatch: pytest.MonkeyPatch, locale: str,
-                                               path: str, interaction_id: str) -> None:
-    expected = full_render(instance, path, locale, interaction_id)
+                                               query: str, interaction_id: str, template: str,
+                                               page: str) -> None:
+    path = page + query
+    expected = full_render(instance, template, path, locale, interaction_id)
     assert f'<html lang="{locale}">' in expected
-    assert from_copy(instance, path, locale, interaction_id, monkeypatch) == expected  # made
-    assert from_copy(instance, path, locale, interaction_id, monkeypatch) == expected  # reused
+    assert from_copy(instance, template, path, locale, interaction_id, monkeypatch) == expected  # made
+    assert from_copy(instance, template, path, locale, interaction_id, monkeypatch) == expected  # reused
     assert "placeholder" not in expected
 
 
@@ -66,9 +69,7 @@ def test_each_page_gets_its_own_token_and_interaction(instance: Any) -> None:
 ])
 def test_other_pages_are_rendered_in_full(instance: Any, path: str, reason: str) -> None:
     with instance.app.test_request_context(path):
-        from flask import request
-
-        assert not login._is_plain_login_page(request.args.get("i", ""), ""), reason
+        assert not login._is_plain_page(), reason
     page = instance.client().get(path).get_data(as_text=True)
     assert "<script>alert" not in page
     assert "placeholder" not in page
@@ -79,8 +80,8 @@ def test_other_pages_are_rendered_in_full(instance: Any, path: str, reason: str)
 
 def test_page_with_a_name_or_a_message_is_rendered_in_full(instance: Any) -> None:
     with instance.app.test_request_context("/login"):
-        assert not login._is_plain_login_page("", "an.nv")
+        assert not login._is_plain_page("an.nv")
         from flask import flash
 
         flash("message", "error")
-        assert not login._is_plain_login_page("", "")
+        assert not login._is_plain_page()
