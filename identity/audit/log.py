@@ -75,13 +75,13 @@ _LAST_CHECKPOINT_SQL = "SELECT created_at FROM audit_checkpoints ORDER BY seq DE
 # sequence: whatever survives a crash is a prefix of the commits, so the chain on disk
 # is never missing a record that a later one chains from. Other processes' flushes
 # overlap this one instead of queueing behind the lock.
-# The second transaction commits with the server's synchronous_commit, raised to `on`
-# where it is `off` (a server or role set to off must not weaken what the callers are
-# told), and left alone otherwise: with synchronous replication (on, remote_apply ...)
-# it also waits for the standby, so durability is then the server's.
+# The second transaction commits with synchronous_commit at least `on`: raised to `on`
+# where the server or role sets less (off, local, remote_write: none may weaken what the
+# callers are told, a mail's 250 above all), left alone where it is `on` or
+# `remote_apply`; with synchronous replication it then also waits for the standby.
 _ASYNC_COMMIT_SQL = "SET LOCAL synchronous_commit = off"
 _FLUSH_SQL = ("SELECT set_config('synchronous_commit', 'on', true) "
-              "WHERE current_setting('synchronous_commit') = 'off'",
+              "WHERE current_setting('synchronous_commit') IN ('off', 'local', 'remote_write')",
               "SELECT pg_logical_emit_message(true, 'congvu', 'durable')")
 _LOCK_HEAD_SQL = {
     "postgresql": "SELECT seq, hash, NULL FROM audit_head WHERE id = 1 FOR UPDATE",
@@ -130,7 +130,7 @@ def flush_wal(driver: Any) -> None:
     transaction open) that returns only once the WAL is on disk up to and past every
     commit made before it, on any connection: what a transaction committed with
     synchronous_commit off (holding the head lock) needs before anyone is told of it
-    (see _FLUSH_SQL). One round trip."""
+    (see _FLUSH_SQL). Pipelined: the statements and the commit in two round trips."""
     with driver.pipeline():
         for statement in _FLUSH_SQL:
             driver.execute(statement)

@@ -327,3 +327,32 @@ def test_concurrent_requests_in_two_processes_keep_one_chain(instance) -> None: 
         reported.append(errors.get())
     assert reported == [] and [process.exitcode for process in processes] == [0, 0], reported
     assert_all_written(instance, mark, labels)
+
+
+@pytest.mark.parametrize(("configured", "committed_with"), [
+    ("off", "on"), ("local", "on"), ("remote_write", "on"), ("on", "on"), ("remote_apply", "remote_apply")])
+def test_the_flush_commits_with_synchronous_commit_at_least_on(instance, backend, configured: str,  # type: ignore[no-untyped-def]
+                                                               committed_with: str) -> None:
+    """A server or role that sets synchronous_commit below `on` must not weaken what the
+    flush tells its callers (an audit record's, a mail's 250); a stronger setting stays."""
+    if backend != "postgresql":
+        pytest.skip("synchronous_commit is PostgreSQL's")
+    from identity.audit.log import _FLUSH_SQL
+
+    raw = instance.services.database.engine.raw_connection()
+    try:
+        driver = raw.driver_connection
+        driver.execute(f"SET synchronous_commit = {configured}")
+        driver.commit()
+        for statement in _FLUSH_SQL:
+            driver.execute(statement)
+        in_flush = driver.execute("SELECT current_setting('synchronous_commit')").fetchone()[0]
+        driver.commit()
+        after = driver.execute("SELECT current_setting('synchronous_commit')").fetchone()[0]
+        driver.rollback()
+        driver.execute("RESET synchronous_commit")
+        driver.commit()
+    finally:
+        raw.close()
+    assert in_flush == committed_with
+    assert after == configured  # SET LOCAL: the connection's own setting is back after the commit
