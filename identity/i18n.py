@@ -75,8 +75,8 @@ def select_locale() -> str:
 
 
 def _request_translations():  # type: ignore[no-untyped-def]
-    """flask_babel.get_translations(), kept in `g` with the locale it is for (a
-    force_locale block, or a later request in the same app context, gets its own)."""
+    """flask_babel.get_translations(), kept in `g` with the locale it is for: a
+    force_locale block gets its own, and the page after it the request's again."""
     if not has_app_context():
         return get_translations()
     locale = get_locale()

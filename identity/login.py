@@ -16,6 +16,7 @@ import json
 import math
 import re
 import time
+from collections.abc import Mapping
 from urllib.parse import urlencode
 
 from flask import (
@@ -67,6 +68,11 @@ def _filled(name: str, limit: int) -> str | None:
     return value if value.strip() and len(value) <= limit else None
 
 
+def interaction_of(values: Mapping[str, str]) -> str:
+    """The interaction id a page or form carries (`i`), cut to its length; "" for none."""
+    return (values.get("i") or "")[:MAX_INTERACTION_ID]
+
+
 def resume_url(interaction_id: str | None) -> str:
     query = session.get("interaction_query", {}).get(interaction_id or "")
     if query is None:
@@ -89,9 +95,10 @@ def login_form() -> Response:
 # translated strings, the language links) was a fifth of a password sign-in's own CPU,
 # for a page that differs between such requests only by its CSRF token and interaction
 # id. So each is rendered once per language (and with or without an interaction) with
-# placeholders in their place, and the two values are put in per request. Both are
-# [A-Za-z0-9_.-] only (the CSRF token is Flask-WTF's signed token; an interaction id of
-# any other form gets the full render), so nothing needs escaping in HTML or in a URL.
+# placeholders in their place, and the two values are put in per request. The CSRF token
+# is Flask-WTF's signed token ([A-Za-z0-9_.-]) and the interaction id [A-Za-z0-9_-] (one
+# of any other form gets the full render): nothing in either needs escaping in HTML or
+# in a URL.
 # tests/test_login_page.py compares these pages with the full render.
 _TOKEN_PLACEHOLDER = "congvu-placeholder-csrf-token"
 _INTERACTION_PLACEHOLDER = "congvu-placeholder-interaction"
@@ -111,7 +118,8 @@ def _plain_page(template: str, interaction_id: str) -> str:
     """`template` (served at this request's path alone) from its copy for this language."""
     locale = str(get_locale())
     pages = current_app.extensions.setdefault("congvu.plain_pages", {})
-    key = (template, locale, bool(interaction_id))
+    # The links in it carry the request's script root (a prefix a proxy may set per request).
+    key = (template, locale, bool(interaction_id), request.script_root)
     page = pages.get(key)
     if page is None:
         placeholder = _INTERACTION_PLACEHOLDER if interaction_id else ""
@@ -128,7 +136,7 @@ def _plain_page(template: str, interaction_id: str) -> str:
 
 @bp.post("/login")
 def login_submit() -> Response:
-    interaction_id = request.form.get("i", "")[:MAX_INTERACTION_ID]
+    interaction_id = interaction_of(request.form)
     back = url_for("login.login_form", i=interaction_id) if interaction_id else url_for("login.login_form")
     typed_name, password = _filled("username", MAX_USERNAME), _filled("password", MAX_PASSWORD)
     if typed_name is None or password is None:
@@ -311,7 +319,7 @@ def _current_challenge() -> tuple[LoginChallenge, User] | None:
 
 @bp.get("/login/mfa")
 def mfa_form() -> Response:
-    interaction_id = request.args.get("i", "")[:MAX_INTERACTION_ID]
+    interaction_id = interaction_of(request.args)
     if _current_challenge() is None:
         flash(_("Your sign-in has expired. Please sign in again."), "error")
         return redirect(url_for("login.login_form", i=interaction_id or None), 303)
@@ -322,7 +330,7 @@ def mfa_form() -> Response:
 
 @bp.post("/login/mfa")
 def mfa_submit() -> Response:
-    interaction_id = request.form.get("i", "")[:MAX_INTERACTION_ID] or None
+    interaction_id = interaction_of(request.form) or None
     found = _current_challenge()
     if found is None:
         flash(_("Your sign-in has expired. Please sign in again."), "error")
@@ -412,7 +420,7 @@ def passkey_options() -> Response:
 
 @bp.post("/login/passkey")
 def passkey_submit() -> Response:
-    interaction_id = (request.args.get("i") or "")[:MAX_INTERACTION_ID] or None
+    interaction_id = interaction_of(request.args) or None
     try:
         use = services().passkeys.authenticate(db(), request.get_data(as_text=True), None)
     except PasskeyError as error:
@@ -441,7 +449,7 @@ def mfa_passkey_options() -> Response:
 
 @bp.post("/login/mfa/passkey")
 def mfa_passkey_submit() -> Response:
-    interaction_id = (request.args.get("i") or "")[:MAX_INTERACTION_ID] or None
+    interaction_id = interaction_of(request.args) or None
     found = _current_challenge()
     if found is None:
         return _json_error("mfa.challenge_expired", _("Your sign-in has expired. Please sign in again."))

@@ -78,6 +78,19 @@ def test_other_pages_are_rendered_in_full(instance: Any, path: str, reason: str)
         assert html.unescape(hidden_field(page, "i")) == '"><script>alert(1)</script>'
 
 
+def test_each_script_root_gets_its_own_page(instance: Any) -> None:
+    """Behind a proxy that mounts the service under a prefix (SCRIPT_NAME, which gunicorn
+    also takes from a trusted peer's header), the page's links carry the prefix of its own
+    request, whichever request came first."""
+    http = instance.client()
+    plain = http.get("/login").get_data(as_text=True)
+    prefixed = http.get("/login", environ_overrides={"SCRIPT_NAME": "/sso"}).get_data(as_text=True)
+    plain_again = http.get("/login").get_data(as_text=True)
+
+    assert 'action="/login"' in plain and 'action="/login"' in plain_again
+    assert 'action="/sso/login"' in prefixed and "/sso/" not in plain_again
+
+
 def test_page_with_a_name_or_a_message_is_rendered_in_full(instance: Any) -> None:
     with instance.app.test_request_context("/login"):
         assert not login._is_plain_page("an.nv")

@@ -13,6 +13,8 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
+import pytest
+
 from tests.mailgw.gateway_fixture import free_port
 
 CONGVU = str(Path(sys.executable).with_name("congvu"))
@@ -60,3 +62,33 @@ def test_serve_answers_and_logs_each_request_without_its_query(tmp_path: Path) -
         ("GET", "/login", "200"), ("GET", "/no-such-page", "404")], text[-3000:]
     assert all(sent.isdigit() and int(sent) > 0 for _, _, _, sent, _ in lines)
     assert "SECRET-CODE" not in text and "SECRET-TOKEN" not in text and "state=" not in text
+
+
+@pytest.mark.parametrize(("status", "sent"), [
+    ("200 OK", 5120), ("303 See Other", 0), ("500 INTERNAL SERVER ERROR", None)])
+def test_access_logger_fields_are_gunicorns_own(status: str, sent: int | None) -> None:
+    """identity/cli.py's access logger builds only the fields of its line: each must be what
+    gunicorn's own logger puts there."""
+    import re as regex
+    from datetime import timedelta
+    from types import SimpleNamespace
+
+    from gunicorn.config import Config
+    from gunicorn.glogging import Logger
+
+    from identity.cli import ACCESS_LOG_FORMAT, _access_logger_class
+
+    response = SimpleNamespace(status=status, sent=sent, headers=[("Content-Type", "text/html")])
+    request = SimpleNamespace(headers=[("HOST", "127.0.0.1"), ("COOKIE", "congvu_flow=secret")])
+    environ = {"REMOTE_ADDR": "10.0.0.7", "REQUEST_METHOD": "POST", "PATH_INFO": "/login",
+               "RAW_URI": "/login?code=SECRET", "QUERY_STRING": "code=SECRET", "SERVER_PROTOCOL": "HTTP/1.1"}
+    elapsed = timedelta(seconds=1, microseconds=234567)
+    fields = regex.findall(r"%\((\w)\)s", ACCESS_LOG_FORMAT)
+    assert fields == ["h", "m", "U", "s", "b", "M"]
+
+    ours = _access_logger_class()(Config()).atoms(response, request, environ, elapsed)
+    theirs = Logger(Config()).atoms(response, request, environ, elapsed)
+
+    assert {name: ours[name] for name in fields} == {name: theirs[name] for name in fields}
+    assert ACCESS_LOG_FORMAT % ours == ACCESS_LOG_FORMAT % {name: theirs[name] for name in fields}
+    assert "SECRET" not in ACCESS_LOG_FORMAT % ours
