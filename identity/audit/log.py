@@ -20,6 +20,7 @@ import json
 import logging
 import re
 from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any, NamedTuple
@@ -137,13 +138,13 @@ def flush_wal(driver: Any) -> None:
         driver.commit()
 
 
-def flush_wal_on(engine: Engine) -> None:
-    """flush_wal on a connection of `engine`'s pool (for callers whose transaction
-    committed on a connection already handed back). A failure is raised: the commits
-    before it are then probably, but not surely, on disk."""
+@contextmanager
+def _pooled_driver(engine: Engine) -> Iterator[Any]:
+    """The driver's own connection under one of `engine`'s pooled connections, handed
+    back after the block; rolled back if the block raised (dropped if even that fails)."""
     raw = engine.raw_connection()
     try:
-        flush_wal(raw.driver_connection)
+        yield raw.driver_connection
     except BaseException:
         try:
             raw.rollback()
@@ -152,6 +153,14 @@ def flush_wal_on(engine: Engine) -> None:
         raise
     finally:
         raw.close()
+
+
+def flush_wal_on(engine: Engine) -> None:
+    """flush_wal on a connection of `engine`'s pool (for callers whose transaction
+    committed on a connection already handed back). A failure is raised: the commits
+    before it are then probably, but not surely, on disk."""
+    with _pooled_driver(engine) as driver:
+        flush_wal(driver)
 
 
 def _decoded_details(value: str | None) -> Any:
@@ -430,25 +439,14 @@ class AuditLog:
 
         A failure up to the first commit leaves nothing written; one in the flush (the
         connection lost, say) is reported too, and then the records may well be stored."""
-        raw = self.database.engine.raw_connection()
-        try:
-            driver = raw.driver_connection
-            if self.database.engine.dialect.name == "postgresql":
-                with driver.pipeline():
-                    seqs = self._write_locked(driver, "postgresql", take)
-                    # See _FLUSH_SQL: the callers return only once this has committed.
-                    flush_wal(driver)  # in the same pipeline: no round trip of its own
-            else:
-                seqs = self._write_locked(driver, "sqlite", take)
-        except BaseException:
-            try:
-                raw.rollback()
-            except Exception:  # noqa: BLE001 - the connection is broken: the pool drops it
-                raw.invalidate()
-            raise
-        finally:
-            raw.close()
-        return seqs
+        with _pooled_driver(self.database.engine) as driver:
+            if self.database.engine.dialect.name != "postgresql":
+                return self._write_locked(driver, "sqlite", take)
+            with driver.pipeline():
+                seqs = self._write_locked(driver, "postgresql", take)
+                # See _FLUSH_SQL: the callers return only once this has committed.
+                flush_wal(driver)  # in the same pipeline: no round trip of its own
+            return seqs
 
     def _write_locked(self, driver: Any, dialect: str,
                       take: Callable[[], list[Sequence[Prepared]]]) -> list[int]:
