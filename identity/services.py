@@ -113,15 +113,13 @@ def end_request_transaction(*, commit: bool) -> None:
     commit=False: the request's work is rolled back, and its refusals and attacks are
     appended on their own."""
     events = g.pop("_audit_events", None) or []
-    session = g.pop("_db", None)
-    if session is None or not commit:
+    if not commit or g.get("_db") is None:
         try:
-            if session is not None:
-                session.rollback()
-                session.close()
+            discard_request_session()
         finally:
             _append_apart(events, committed=commit)
         return
+    session = g.pop("_db")
     try:
         flush_owed = commit_request_session(session, _entries(events, committed=True))
     except BaseException:
