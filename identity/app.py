@@ -6,7 +6,6 @@ import hashlib
 import logging
 from datetime import UTC, datetime, timedelta, timezone
 from typing import Any
-from urllib.parse import urlencode
 
 from flask import Flask, Response, jsonify, request
 from flask.sessions import SecureCookieSessionInterface
@@ -22,7 +21,7 @@ from identity.clients import ClientCache
 from identity.config import Config, load_config
 from identity.credentials import Passwords, SecretHasher
 from identity.db import Database
-from identity.i18n import init_i18n
+from identity.i18n import init_i18n, language_url
 from identity.keystore import DatabaseKeyStore
 from identity.mfa import SecondFactors
 from identity.oidc.machine_endpoints import MachineEndpoints
@@ -274,9 +273,7 @@ def create_app(config: Config | None = None, *, prepare: bool = False, **overrid
     @app.context_processor
     def _template_helpers() -> dict[str, Any]:
         def lang_url(code: str) -> str:
-            args = request.args.to_dict()
-            args["lang"] = code
-            return request.path + "?" + urlencode(args)
+            return language_url(request.path, request.args.to_dict(), code)
 
         return {"current_locale": str(get_locale() or "vi"), "lang_url": lang_url,
                 "scope_label": lambda scope: _(SCOPE_LABELS.get(scope, scope))}

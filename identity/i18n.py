@@ -15,6 +15,7 @@ from __future__ import annotations
 import os
 import tempfile
 from pathlib import Path
+from urllib.parse import urlencode
 
 from babel.messages.mofile import write_mo
 from babel.messages.pofile import read_po
@@ -48,6 +49,11 @@ def compile_catalogs(target: Path) -> Path:
             Path(temporary).unlink(missing_ok=True)
             raise
     return target
+
+
+def language_url(path: str, query: dict[str, str], code: str) -> str:
+    """`path` with `query` and `lang=code`: a page's link to itself in another language."""
+    return f"{path}?{urlencode({**query, 'lang': code})}"
 
 
 def first_supported(value: str | None) -> str | None:

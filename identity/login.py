@@ -41,6 +41,7 @@ from identity.accounts import find_user
 from identity.credentials import new_token, token_hash
 from identity.directory.errors import DirectoryUnavailable
 from identity.directory.signin import check_password
+from identity.i18n import language_url
 from identity.models import LoginChallenge, User
 from identity.passkeys import PasskeyError
 from identity.roles import group_names, is_privileged
@@ -123,13 +124,12 @@ def _plain_page(template: str, interaction_id: str) -> str:
     page = pages.get(key)
     if page is None:
         placeholder = _INTERACTION_PLACEHOLDER if interaction_id else ""
-        # The language links as the context processor makes them (identity/app.py), for
-        # this page's only possible query.
+        # The language links for this page's only possible query.
         query = {"i": placeholder} if placeholder else {}
         path = request.path
         page = pages[key] = render_template(
             template, interaction_id=placeholder, username="", csrf_token=lambda: _TOKEN_PLACEHOLDER,
-            lang_url=lambda code: f"{path}?{urlencode({**query, 'lang': code})}")
+            lang_url=lambda code: language_url(path, query, code))
     page = page.replace(_TOKEN_PLACEHOLDER, generate_csrf())
     return page.replace(_INTERACTION_PLACEHOLDER, interaction_id) if interaction_id else page
 
