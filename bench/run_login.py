@@ -60,6 +60,9 @@ HOST = "127.0.0.1"  # every server and every load stays on loopback
 SCENARIOS = ("password", "mfa")
 # OWASP Password Storage Cheat Sheet, Argon2id: m=19 MiB, t=2, p=1.
 HASH_PARAMS = {"memory_cost_kib": 19 * 1024, "time_cost": 2, "parallelism": 1}
+# The hash-cost table's row of argon2-cffi's check of the same hash, beside Passwords.verify's
+# (libsodium's: identity/credentials.py).
+ARGON2_CFFI_ROW = "argon2-cffi's check instead, before the runs"
 PASSWORD = "Mật-khẩu-đo-tải-2026!"  # noqa: S105 - throw-away benchmark accounts, loopback only
 TARGET_LOGINS = 100  # password sign-ins/s on this 2-core machine
 TARGET_OVERHEAD = 0.15  # the sign-in path may add under 15% to the hash itself
@@ -577,20 +580,27 @@ def make_instance(args: argparse.Namespace, workdir: Path) -> tuple[Path, str, s
 
 def _hash_worker(commands, replies) -> None:  # type: ignore[no-untyped-def]
     """A spawned process (as a gunicorn worker is its own process) timing Passwords.verify
-    at the benchmark's parameters: for each count it receives, that many calls, each
-    timed (wall and CPU); None ends it."""
+    at the benchmark's parameters (or, asked for "argon2-cffi", argon2-cffi's own check of
+    the same hash, which Passwords leaves to libsodium): for each (count, what) it
+    receives, that many calls, each timed (wall and CPU); None ends it."""
+    import argon2
+
     from identity.credentials import Passwords
     from policies import PasswordHashPolicy
 
     passwords = Passwords(PasswordHashPolicy(**HASH_PARAMS))
     stored = passwords.hash(PASSWORD)
-    passwords.verify(stored, PASSWORD)
+    checks = {"Passwords": lambda: passwords.verify(stored, PASSWORD),
+              "argon2-cffi": lambda: argon2.PasswordHasher().verify(stored, PASSWORD)}
+    for check in checks.values():
+        check()
     replies.put("ready")
-    while (count := commands.get()) is not None:
+    while (command := commands.get()) is not None:
+        count, check = command[0], checks[command[1]]
         timings = []
         for _ in range(count):
             c0, t0 = time.process_time(), time.perf_counter()
-            ok = passwords.verify(stored, PASSWORD)
+            ok = check()
             timings.append((time.perf_counter() - t0, time.process_time() - c0, ok))
         replies.put(timings)
 
@@ -614,21 +624,21 @@ class HashProbe:
             if replies.get(timeout=120) != "ready":
                 raise BenchError("a hash-timing process did not start")
 
-    def _ask(self, channels: list, count: int) -> tuple[list[tuple[float, float, bool]], float]:
+    def _ask(self, channels: list, count: int, what: str) -> tuple[list[tuple[float, float, bool]], float]:
         wall0 = time.perf_counter()
         for commands, _replies in channels:
-            commands.put(count)
+            commands.put((count, what))
         timings = [t for _commands, replies in channels for t in replies.get(timeout=600)]
         if not all(ok for _w, _c, ok in timings):
             raise BenchError("Passwords.verify failed for the right password")
         return timings, time.perf_counter() - wall0
 
-    def measure(self, count: int) -> dict[str, float]:
+    def measure(self, count: int, what: str = "Passwords") -> dict[str, float]:
         """`count` calls in one process while the others wait (the figure the issue asks
         for), then `count` calls in every process at once (what each of the server's
         workers pays when both hash)."""
-        single, _ = self._ask(self.channels[:1], count)
-        both, wall = self._ask(self.channels, count)
+        single, _ = self._ask(self.channels[:1], count, what)
+        both, wall = self._ask(self.channels, count, what)
         return {"ms": 1000 * statistics.median(w for w, _c, _ok in single),
                 "cpu_ms": 1000 * statistics.median(c for _w, c, _ok in single),
                 "min_ms": 1000 * min(w for w, _c, _ok in single),
@@ -882,7 +892,7 @@ def environment(args: argparse.Namespace, pg: Databases | None) -> dict[str, str
                      else f"SQLite {sqlite3.sqlite_version} (WAL, synchronous=NORMAL: identity/db.py)"),
         "libraries": ", ".join(f"{name} {version(name)}" for name in (
             "congvu", "gunicorn", "flask", "flask-wtf", "sqlalchemy", "argon2-cffi",
-            "argon2-cffi-bindings", "pyotp")),
+            "argon2-cffi-bindings", "pynacl", "pyotp")),
     }
     if not pg:
         env["postgresql"] = "not used (--database-url not given)"
@@ -905,8 +915,10 @@ def report(args: argparse.Namespace, rows: list[Row], hashing: dict[str, dict[st
         lines.append(f"| {label} | {h['samples']} | {h['ms']:.1f} ms | {h['min_ms']:.1f} ms "
                      f"| {h['parallel_cpu_ms']:.1f} ms | {h['parallel_rate']:.0f}/s "
                      f"| {cores / (h['ms'] / 1000):.0f}/s |")
-    out += ["**Hash cost**: `Passwords.verify` at those parameters in one process (median), then in "
-            f"{cores} processes at once (median CPU per call, and hashes/s together). "
+    out += ["**Hash cost**: `Passwords.verify` at those parameters (libsodium's check: "
+            "identity/credentials.py) in one process (median), then in "
+            f"{cores} processes at once (median CPU per call, and hashes/s together); the row "
+            f"\"{ARGON2_CFFI_ROW}\" times argon2-cffi's check of the same hash, for comparison. "
             "**Ideal ceiling** = cores / one-process hash cost.\n",
             f"| when | calls | 1 process | fastest | CPU each, {cores} at once | {cores} at once "
             "| ideal ceiling |",
@@ -944,7 +956,8 @@ def report(args: argparse.Namespace, rows: list[Row], hashing: dict[str, dict[st
                   if args.database_url else "") + ". It does not depend on the load generator's share "
                "of the cores. **CPU ceiling** = cores / server CPU per sign-in: the rate with the machine "
                "to itself and no load generator.")
-    out.append("- **Argon2id in the workers**: the CPU of the `PasswordHasher.verify` calls inside the "
+    out.append("- **Argon2id in the workers**: the CPU of the Argon2id checks (libsodium's, or "
+               "argon2-cffi's `PasswordHasher.verify` for hashes libsodium does not take) inside the "
                "server's workers during the same window (thread CPU time, bench/hash_meter), per sign-in; "
                "**the rest** = server CPU − that: the sign-in path's own cost (HTTP, Flask, forms, CSRF, "
                "templates, database, audit). **beyond hash** = the rest ÷ the hash in the workers: the "
@@ -1070,6 +1083,9 @@ def main(argv: list[str] | None = None) -> int:
         h = hashing["before the runs"]
         log(f"hash: {h['ms']:.1f} ms (one process), {h['parallel_cpu_ms']:.1f} ms CPU with "
             f"{probe.cores} at once ({h['parallel_rate']:.0f}/s)")
+        # For comparison only: the same check by argon2-cffi (identity/credentials.py).
+        hashing[ARGON2_CFFI_ROW] = probe.measure(args.hash_samples, "argon2-cffi")
+        log(f"argon2-cffi's check of the same hash: {hashing[ARGON2_CFFI_ROW]['ms']:.1f} ms")
         for worker_class in args.worker_classes:
             bench_server(args, worker_class, data_dir, workdir, users_file, outdir, rows, commands,
                          probe, between)

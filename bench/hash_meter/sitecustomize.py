@@ -3,7 +3,9 @@
 bench/run_login.py starts `congvu serve` with this folder on PYTHONPATH and
 CONGVU_BENCH_HASH_METER=<a folder>. Python imports `sitecustomize` at start, so every
 server process (the arbiter, and the workers it forks) then times each
-argon2.PasswordHasher.verify / .hash call by the CPU time of the calling thread
+argon2.PasswordHasher.verify / .hash call, and each of libsodium's checks
+(nacl.bindings.crypto_pwhash_str_verify, which identity/credentials.py imports by name
+after this has replaced it), by the CPU time of the calling thread
 (time.thread_time: right with gthread workers too, whose other threads run while a
 hash holds no GIL) and keeps its running total in <folder>/<pid> (16 bytes: seconds
 as a double, calls as an unsigned 64-bit integer, rewritten in place after each call).
@@ -26,6 +28,7 @@ if _FOLDER:
     import time
 
     import argon2
+    import nacl.bindings
 
     _lock = threading.Lock()
     _state = {"pid": None, "fd": None, "seconds": 0.0, "calls": 0}
@@ -41,10 +44,10 @@ if _FOLDER:
             os.pwrite(_state["fd"], struct.pack("<dQ", _state["seconds"], _state["calls"]), 0)
 
     def _metered(original):  # type: ignore[no-untyped-def]
-        def call(self, *args, **kwargs):  # type: ignore[no-untyped-def]
+        def call(*args, **kwargs):  # type: ignore[no-untyped-def]
             start = time.thread_time()
             try:
-                return original(self, *args, **kwargs)
+                return original(*args, **kwargs)
             finally:
                 _record(time.thread_time() - start)
 
@@ -54,3 +57,4 @@ if _FOLDER:
 
     argon2.PasswordHasher.verify = _metered(argon2.PasswordHasher.verify)
     argon2.PasswordHasher.hash = _metered(argon2.PasswordHasher.hash)
+    nacl.bindings.crypto_pwhash_str_verify = _metered(nacl.bindings.crypto_pwhash_str_verify)
