@@ -6,6 +6,8 @@ see which of the two a hash went to.
 
 from __future__ import annotations
 
+import base64
+import hashlib
 import os
 import unicodedata
 
@@ -17,6 +19,7 @@ from argon2 import low_level
 import identity.credentials as credentials
 from identity.credentials import Passwords
 from policies import PasswordHashPolicy
+from policies.password import normalise_password
 from tests.conftest import FAST_HASHING
 
 PASSWORD = "Sông Lô chảy qua Việt Trì giữa hai bờ tre xanh"
@@ -59,9 +62,12 @@ def test_decomposed_diacritics_match_through_libsodium(passwords: Passwords, cal
 
 def test_a_hash_libsodium_wrote_is_the_same_format(passwords: Passwords, calls: list[bytes]) -> None:
     """Either library reads the other's strings: nothing to migrate either way."""
-    written = nacl.pwhash.argon2id.str(PASSWORD.encode(), opslimit=1, memlimit=KIB * 1024).decode()
-    assert argon2.PasswordHasher().verify(written, PASSWORD)
-    assert passwords.verify(written, PASSWORD) and not passwords.verify(written, "khác")
+    decomposed = unicodedata.normalize("NFD", PASSWORD)
+    # Hashed as Passwords.hash would: of the NFKC form.
+    written = nacl.pwhash.argon2id.str(normalise_password(decomposed).encode(), opslimit=1,
+                                       memlimit=KIB * 1024).decode()
+    assert argon2.PasswordHasher().verify(written, normalise_password(decomposed))
+    assert passwords.verify(written, decomposed) and not passwords.verify(written, "khác")
     assert not passwords.needs_rehash(written)  # the policy's own parameters
     assert len(calls) == 2
 
@@ -77,6 +83,9 @@ def test_a_hash_libsodium_wrote_is_the_same_format(passwords: Passwords, calls: 
                                                type=low_level.Type.D).hash(PASSWORD), id="argon2d"),
     pytest.param(lambda: argon2.PasswordHasher(memory_cost=KIB, time_cost=1, parallelism=1,
                                                salt_len=64).hash(PASSWORD), id="longer than 127"),
+    # libsodium wants an output of 16 bytes or more; libargon2 takes 4.
+    pytest.param(lambda: argon2.PasswordHasher(memory_cost=KIB, time_cost=1, parallelism=1,
+                                               hash_len=8).hash(PASSWORD), id="8-byte output"),
 ])
 def test_other_argon2_hashes_are_checked_by_argon2_cffi(passwords: Passwords, calls: list[bytes],
                                                         stored) -> None:  # type: ignore[no-untyped-def]
@@ -87,14 +96,28 @@ def test_other_argon2_hashes_are_checked_by_argon2_cffi(passwords: Passwords, ca
     assert calls == []
 
 
-@pytest.mark.parametrize("damaged", [
-    "$argon2id$v=19$m=8192,t=1,p=1$AAAA$BBBB",  # too short a salt and hash
-    "$argon2id$v=19$m=8192,t=1,p=1$c2FsdHNhbHRzYWx0c2FsdA$",  # no hash
-    "$argon2id$v=19$m=1,t=1,p=1$c2FsdHNhbHRzYWx0c2FsdA$c2FsdHNhbHRzYWx0c2FsdA",  # memory below the minimum
-    "$argon2id$v=19$m=8192,t=1,p=0$c2FsdHNhbHRzYWx0c2FsdA$c2FsdHNhbHRzYWx0c2FsdA",  # no lane
+SALT = "c2FsdHNhbHRzYWx0c2FsdA"  # 16 bytes
+OUTPUT = "b3V0cHV0b3V0cHV0b3V0cHV0b3V0cHV0b3V0cHV0b3U"  # 32 bytes
+
+
+@pytest.mark.parametrize(("damaged", "library"), [
+    (f"$argon2id$v=19$m=8192,t=1,p=1${SALT}${OUTPUT}", "libsodium"),  # right form, not this password's
+    (f"$argon2id$v=19$m=1,t=1,p=1${SALT}${OUTPUT}", "libsodium"),  # memory below the minimum
+    (f"$argon2id$v=19$m=9999999999,t=1,p=1${SALT}${OUTPUT}", "libsodium"),  # memory beyond 32 bits
+    (f"$argon2id$v=19$m=8192,t=1,p=1${SALT}$", "argon2-cffi"),  # no output
+    ("$argon2id$v=19$m=8192,t=1,p=1$AAAA$BBBB", "argon2-cffi"),  # salt and output too short
+    (f"$argon2id$v=19$m=8192,t=1,p=0${SALT}${OUTPUT}", "argon2-cffi"),  # no lane
+    (f"$argon2id$v=19$m=8192,t=1,p=1${SALT}=${OUTPUT}", "argon2-cffi"),  # base64 padding
+    (f"$argon2id$v=19$m=8192,t=1,p=1${SALT}${OUTPUT}\n", "argon2-cffi"),
+    # Digits that are not ASCII, and a value longer in bytes than in characters: neither
+    # may reach libsodium (whose API refuses more than 127 bytes with an exception).
+    (f"$argon2id$v=19$m=8\U0001d7d8\U0001d7d8\U0001d7d8,t=1,p=1${SALT}${OUTPUT}", "argon2-cffi"),
+    (f"$argon2id$v=19$m=8192,t=1,p=1${SALT}${OUTPUT}\u00e9", "argon2-cffi"),
 ])
-def test_damaged_hashes_are_a_wrong_password_not_an_error(passwords: Passwords, damaged: str) -> None:
+def test_damaged_hashes_are_a_wrong_password_not_an_error(passwords: Passwords, calls: list[bytes],
+                                                          damaged: str, library: str) -> None:
     assert passwords.verify(damaged, PASSWORD) is False
+    assert calls == ([damaged.encode()] if library == "libsodium" else [])
 
 
 def test_an_unknown_user_costs_the_same_check(passwords: Passwords, calls: list[bytes]) -> None:
@@ -104,3 +127,25 @@ def test_an_unknown_user_costs_the_same_check(passwords: Passwords, calls: list[
     assert passwords.verify(stored, PASSWORD)
     assert len(calls) == 2 and calls[1] == stored.encode()
     assert calls[0].startswith(f"$argon2id$v=19$m={KIB},t=1,p=1$".encode())
+
+
+def test_an_imported_hash_costs_the_same_check(passwords: Passwords, calls: list[bytes]) -> None:
+    """A wrong password for an account still on its directory's {SSHA} hash does the
+    policy's Argon2id work too (in libsodium, like everyone else's)."""
+    # OpenLDAP's {SSHA}: SHA-1 of password + salt, then the salt.
+    digest = hashlib.sha1(b"mat-khau-cu" + b"salt").digest()  # noqa: S324 - the format under test
+    ssha = "{SSHA}" + base64.b64encode(digest + b"salt").decode()
+    assert passwords.verify(ssha, "mat-khau-cu")
+    assert not passwords.verify(ssha, PASSWORD)
+    assert len(calls) == 2
+    assert all(call.startswith(f"$argon2id$v=19$m={KIB},t=1,p=1$".encode()) for call in calls)
+
+
+def test_a_policy_of_several_lanes_is_checked_by_argon2_cffi_throughout(calls: list[bytes]) -> None:
+    """Then the unknown user's check is argon2-cffi's too: the same work as an account's."""
+    lanes = Passwords(PasswordHashPolicy(**{**FAST_HASHING, "parallelism": 2}))
+    stored = lanes.hash(PASSWORD)
+    assert ",p=2$" in stored
+    assert lanes.verify(stored, PASSWORD) and not lanes.verify(stored, "khác")
+    assert not lanes.verify(None, PASSWORD)
+    assert calls == []
