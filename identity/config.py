@@ -243,6 +243,10 @@ SETTINGS: tuple[Setting, ...] = (
             minimum=1024, maximum=200 * 1024 * 1024),
     Setting("mailgw.session_timeout", int, 300,
             "Seconds an SMTP session may stay idle before it is closed.", minimum=10, maximum=3600),
+    Setting("mailgw.shutdown_grace_seconds", int, 30,
+            "When the gateway stops (SIGTERM), how long a message already on its way in may take "
+            "to finish and get its reply; then every session is closed with 421 4.3.2, idle "
+            "ones at once.", minimum=0, maximum=600),
     Setting("mailgw.token_audiences", str, "mail",
             "Space-separated `aud` values an access token must name for AUTH OAUTHBEARER / "
             "XOAUTH2 (the client ids of the mail clients registered for it, e.g. Thunderbird's). "

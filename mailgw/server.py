@@ -22,6 +22,11 @@ aiosmtpd, and what is done about it (DESIGN.md, "pitfalls"):
 
 Blocking work (Argon2id, the database, the directory, the policy's counters, signing)
 runs in a thread pool, never on the event loop that serves every session.
+
+Stopping (SIGTERM) drains: the listeners close, each message on its way in may finish
+(up to `mailgw.shutdown_grace_seconds`) and gets its reply, and every session is then
+closed with 421 4.3.2 (RFC 5321 §3.8). Cut between the end of DATA and the reply, a
+client would have to assume the message lost and send it again: a duplicate.
 """
 
 from __future__ import annotations
@@ -57,6 +62,11 @@ from mailgw.queue import MailQueue
 from mailgw.signing import OutboundSigner
 
 log = logging.getLogger("congvu.mailgw")
+
+# RFC 5321 §3.8 (a server that must stop), RFC 3463 4.3.2 (system not accepting messages).
+SHUTDOWN_REPLY = "421 4.3.2 Service shutting down, try again later"
+# How often a stopping gateway looks for sessions that have finished their message.
+DRAIN_POLL_SECONDS = 0.05
 
 # RFC 3463 codes for replies aiosmtpd sends without one, by reply code; a class default
 # ("5.0.0") for any other. The greeting and EHLO/HELO replies carry none (RFC 2034 §3).
@@ -239,6 +249,7 @@ class SubmissionSMTP(SaslMechanisms, SMTP):
         first = self.transport is None
         super().connection_made(transport)
         if first:
+            self.gateway.sessions.add(self)
             self.session_id = uuid.uuid4().hex
             if self.implicit_tls:
                 ssl_object = transport.get_extra_info("ssl_object")
@@ -270,6 +281,31 @@ class SubmissionSMTP(SaslMechanisms, SMTP):
 
     def _create_session(self) -> Session:
         return SubmissionSession(self.loop)
+
+    def connection_lost(self, error: Exception | None) -> None:
+        self.gateway.sessions.discard(self)
+        super().connection_lost(error)
+
+    # -- stopping (Gateway.stop) -------------------------------------------------------------
+    @property
+    def in_transaction(self) -> bool:
+        """From MAIL FROM to the reply to its DATA (or RSET): a message on its way in."""
+        return self.envelope is not None and self.envelope.mail_from is not None
+
+    def close_for_shutdown(self) -> None:
+        """Say 421 and close, whatever the client is doing (it may send the message again
+        later: nothing was accepted that it was not told of)."""
+        if self.transport is None or self.transport.is_closing():
+            return
+        self._writer.write(SHUTDOWN_REPLY.encode() + b"\r\n")
+        self.transport.close()  # after what is buffered: a 250 just pushed, then the 421
+
+    @syntax("MAIL FROM: <address>", extended=" [SP <mail-parameters>]")
+    async def smtp_MAIL(self, arg: str | None) -> None:
+        if self.gateway.draining:  # no new message once stopping has begun
+            self.close_for_shutdown()
+            return
+        await super().smtp_MAIL(arg)
 
     @syntax("DATA")
     async def smtp_DATA(self, arg: str) -> None:
@@ -412,6 +448,8 @@ class Gateway:
         self.tls_context = tls_context(config)
         self.listeners: list[Listener] = []
         self._servers: list[asyncio.base_events.Server] = []
+        self.sessions: set[SubmissionSMTP] = set()  # open connections, for stop()
+        self.draining = False
         # Several processes serve the same ports (mailgw.processes > 1): SO_REUSEPORT.
         self.reuse_port = False
 
@@ -446,12 +484,34 @@ class Gateway:
         return self.listeners
 
     async def stop(self) -> None:
+        self.draining = True
         for server in self._servers:
             server.close()
         for server in self._servers:
-            await server.wait_closed()
+            await server.wait_closed()  # (Python 3.11: the listening sockets, not the sessions)
         self._servers.clear()
+        await self._drain(self.config["mailgw.shutdown_grace_seconds"])
         self.executor.shutdown(wait=True)
+
+    async def _drain(self, grace: float) -> None:
+        """Close each session with 421 once it has no message on its way in; after `grace`
+        seconds, every session still open. Polled: sessions finish on their own, and this
+        runs once, at the end of the process."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + grace
+        while self.sessions:
+            overdue = loop.time() >= deadline
+            for session in list(self.sessions):
+                if overdue or not session.in_transaction:
+                    session.close_for_shutdown()
+            if overdue:
+                # A TLS close waits for the client's close_notify: give it a moment, no more.
+                await asyncio.sleep(DRAIN_POLL_SECONDS)
+                for session in list(self.sessions):
+                    if session.transport is not None:
+                        session.transport.abort()
+                return
+            await asyncio.sleep(DRAIN_POLL_SECONDS)
 
     async def _blocking(self, function: Callable[..., Any], *args: Any) -> Any:
         return await asyncio.get_running_loop().run_in_executor(self.executor, function, *args)
@@ -638,9 +698,13 @@ async def run_until_stopped(gateway: Gateway, worker: Any, stop: asyncio.Event,
     try:
         await stop.wait()
     finally:
-        if worker is not None:
-            worker.stop()
+        # The companions (delivery worker, other listener processes, which drain their own
+        # sessions) stop in a thread while this process drains its sessions on the loop.
+        stopping = (asyncio.get_running_loop().run_in_executor(None, worker.stop)
+                    if worker is not None else None)
         await gateway.stop()
+        if stopping is not None:
+            await stopping
         if gateway.queue is not None and hasattr(gateway.queue, "close"):
             gateway.queue.close()
 
@@ -653,9 +717,10 @@ class ListenerProcesses:
     flight and commits its queue as a lone gateway does. A child whose parent dies gets
     SIGTERM (PR_SET_PDEATHSIG), so none outlives a killed gateway holding the port."""
 
-    def __init__(self, data_dir: str, count: int) -> None:
+    def __init__(self, data_dir: str, count: int, *, stop_seconds: float = 60) -> None:
         self.data_dir = data_dir
         self.count = count
+        self.stop_seconds = stop_seconds  # each drains its sessions first (Gateway.stop)
         self.processes: list[subprocess.Popen[bytes]] = []
 
     def __repr__(self) -> str:
@@ -675,7 +740,7 @@ class ListenerProcesses:
                 process.send_signal(signal.SIGTERM)
         for process in self.processes:
             try:
-                process.wait(60)
+                process.wait(self.stop_seconds)
             except subprocess.TimeoutExpired:
                 log.error("mail gateway: listener process %d did not stop; killed", process.pid)
                 process.kill()
@@ -733,7 +798,9 @@ def serve_forever(services: Any, echo: Callable[[str], Any] = print) -> None:
             # The first process delivers; one here would only compete with it for the leases.
             await run_until_stopped(gateway, None, stop, lambda _line: None)
             return
-        others = ListenerProcesses(str(config.data_dir), processes) if processes > 1 else None
+        others = (ListenerProcesses(str(config.data_dir), processes,
+                                    stop_seconds=config["mailgw.shutdown_grace_seconds"] + 30)
+                  if processes > 1 else None)
         companions = _Companions(others, worker) if others is not None else worker
         await run_until_stopped(gateway, companions, stop, echo)
 

@@ -13,7 +13,7 @@ import smtplib
 import socket
 import ssl
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
@@ -49,6 +49,8 @@ class RunningGateway:
     gateway: Gateway
     submission_port: int
     smtps_port: int
+    request_stop: Callable[[], None]  # as SIGTERM does; returns at once (the gateway drains)
+    thread: threading.Thread  # ends when the gateway has stopped
 
 
 @contextmanager
@@ -86,10 +88,17 @@ def running_gateway(instance: Any, *, with_worker: bool = False) -> Iterator[Run
     if failure:
         raise failure[0]
     ports = {listener.kind: listener.port for listener in gateway.listeners}
+
+    def request_stop() -> None:
+        try:
+            loop.call_soon_threadsafe(stop["event"].set)
+        except RuntimeError:  # its loop is closed: it has stopped already
+            pass
+
     try:
-        yield RunningGateway(gateway, ports["submission"], ports["smtps"])
+        yield RunningGateway(gateway, ports["submission"], ports["smtps"], request_stop, thread)
     finally:
-        loop.call_soon_threadsafe(stop["event"].set)
+        request_stop()
         thread.join(30)
 
 
