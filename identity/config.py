@@ -246,7 +246,8 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("mailgw.shutdown_grace_seconds", int, 30,
             "When the gateway stops (SIGTERM), how long a message already on its way in may take "
             "to finish and get its reply; then every session is closed with 421 4.3.2, idle "
-            "ones at once.", minimum=0, maximum=600),
+            "ones at once (a message read whole always gets its reply first). The process "
+            "manager's stop timeout must be longer.", minimum=0, maximum=600),
     Setting("mailgw.token_audiences", str, "mail",
             "Space-separated `aud` values an access token must name for AUTH OAUTHBEARER / "
             "XOAUTH2 (the client ids of the mail clients registered for it, e.g. Thunderbird's). "

@@ -67,6 +67,9 @@ log = logging.getLogger("congvu.mailgw")
 SHUTDOWN_REPLY = "421 4.3.2 Service shutting down, try again later"
 # How often a stopping gateway looks for sessions that have finished their message.
 DRAIN_POLL_SECONDS = 0.05
+# How long closed sessions get to send their last replies (and TLS its close_notify) before
+# their connections are cut.
+CLOSE_SECONDS = 1.0
 
 # RFC 3463 codes for replies aiosmtpd sends without one, by reply code; a class default
 # ("5.0.0") for any other. The greeting and EHLO/HELO replies carry none (RFC 2034 §3).
@@ -227,6 +230,8 @@ class SubmissionSMTP(SaslMechanisms, SMTP):
         self._greeted = False
         self._raw_replies = False
         self.session_id = ""
+        self.replying_to_data = False  # a message read whole, until its reply is written
+        self.closed_for_shutdown = False
         # AUTH lines carry access tokens (RFC 4954 allows 12,288 octets); aiosmtpd reads any
         # line with the 1,001-octet limit meant for message lines, and caps commands at 512.
         # The reader gets the larger limit; DATA still enforces 1,001 by line_length_limit.
@@ -251,6 +256,10 @@ class SubmissionSMTP(SaslMechanisms, SMTP):
         if first:
             self.gateway.sessions.add(self)
             self.session_id = uuid.uuid4().hex
+            if self.gateway.draining:  # an implicit-TLS handshake that ended after stop() began
+                self.close_for_shutdown()
+                assert self._handler_coroutine is not None
+                self._handler_coroutine.cancel()  # before it greets: the 421 is the greeting
             if self.implicit_tls:
                 ssl_object = transport.get_extra_info("ssl_object")
                 self._implicit_tls_layer = ssl_object
@@ -292,13 +301,33 @@ class SubmissionSMTP(SaslMechanisms, SMTP):
         """From MAIL FROM to the reply to its DATA (or RSET): a message on its way in."""
         return self.envelope is not None and self.envelope.mail_from is not None
 
+    @property
+    def handler_task(self) -> asyncio.Task[None] | None:
+        return self._handler_coroutine
+
     def close_for_shutdown(self) -> None:
-        """Say 421 and close, whatever the client is doing (it may send the message again
-        later: nothing was accepted that it was not told of)."""
-        if self.transport is None or self.transport.is_closing():
+        """Say 421 and close, whatever the client is doing, but for the reply to a message
+        already read (Gateway._drain waits for that): nothing was accepted that the client
+        was not told of, so it may send anything else again later."""
+        if self.closed_for_shutdown or self.transport is None:
             return
-        self._writer.write(SHUTDOWN_REPLY.encode() + b"\r\n")
-        self.transport.close()  # after what is buffered: a 250 just pushed, then the 421
+        self.closed_for_shutdown = True
+        if self._writer.transport is self.transport:
+            self._writer.write(SHUTDOWN_REPLY.encode() + b"\r\n")
+            # After what is buffered (a 250 just pushed, then the 421). connection_lost ends
+            # the session's task; not cancelled here, as its cancellation closes the transport
+            # a second time, which detaches a TLS transport from its socket (asyncio's
+            # sslproto) so that Gateway._drain could no longer cut it.
+            self.transport.close()
+        else:
+            # In STARTTLS's handshake (aiosmtpd moves the writer onto TLS once it is done): a
+            # 421 in clear text would land inside the handshake, and closing an unfinished TLS
+            # layer never reaches connection_lost. Drop the connection; the session is over.
+            if self._original_transport is not None:
+                self._original_transport.abort()
+            self.gateway.sessions.discard(self)
+            if self._handler_coroutine is not None:
+                self._handler_coroutine.cancel()  # it waits for a handshake that cannot end
 
     @syntax("MAIL FROM: <address>", extended=" [SP <mail-parameters>]")
     async def smtp_MAIL(self, arg: str | None) -> None:
@@ -328,8 +357,14 @@ class SubmissionSMTP(SaslMechanisms, SMTP):
             return
         self.envelope.content = content
         self.envelope.original_content = content
-        status = await self._call_handler_hook("DATA")
-        self._set_post_data_state()
+        self.replying_to_data = True
+        try:
+            status = await self._call_handler_hook("DATA")
+        finally:
+            # The transaction ends with DATA's reply, whichever (an error's too). No await
+            # between here and push's write: a stopping gateway cannot come between them.
+            self._set_post_data_state()
+            self.replying_to_data = False
         await self.push("250 OK" if status is MISSING else status)
 
     async def _read_data(self) -> tuple[bytes, str | None]:
@@ -495,23 +530,40 @@ class Gateway:
 
     async def _drain(self, grace: float) -> None:
         """Close each session with 421 once it has no message on its way in; after `grace`
-        seconds, every session still open. Polled: sessions finish on their own, and this
-        runs once, at the end of the process."""
+        seconds, also those in the middle of one. A message already read whole is always
+        answered first: its thread queues it whatever happens here, so a 421 instead of its
+        250 would make a duplicate. Polled: sessions finish on their own, and this runs once,
+        at the end of the process."""
         loop = asyncio.get_running_loop()
         deadline = loop.time() + grace
-        while self.sessions:
+        handlers: list[asyncio.Task[None]] = []
+        while True:
             overdue = loop.time() >= deadline
+            waiting = False
             for session in list(self.sessions):
-                if overdue or not session.in_transaction:
-                    session.close_for_shutdown()
-            if overdue:
-                # A TLS close waits for the client's close_notify: give it a moment, no more.
-                await asyncio.sleep(DRAIN_POLL_SECONDS)
-                for session in list(self.sessions):
-                    if session.transport is not None:
-                        session.transport.abort()
-                return
+                if session.closed_for_shutdown:
+                    continue
+                if session.replying_to_data or (session.in_transaction and not overdue):
+                    waiting = True
+                    continue
+                if session.handler_task is not None:
+                    handlers.append(session.handler_task)
+                session.close_for_shutdown()
+            if not waiting:
+                break
             await asyncio.sleep(DRAIN_POLL_SECONDS)
+        # Closed sessions flush their last replies (TLS then waits for the client's
+        # close_notify): a moment for that, then what is left is cut.
+        until = loop.time() + CLOSE_SECONDS
+        while self.sessions and loop.time() < until:
+            await asyncio.sleep(DRAIN_POLL_SECONDS)
+        for session in list(self.sessions):
+            if session.transport is not None:
+                session.transport.abort()
+        # An abort closes the socket in a callback that then calls connection_lost, which
+        # cancels the session's task: all of it must run before the loop stops.
+        if handlers:
+            await asyncio.wait(handlers, timeout=CLOSE_SECONDS)
 
     async def _blocking(self, function: Callable[..., Any], *args: Any) -> Any:
         return await asyncio.get_running_loop().run_in_executor(self.executor, function, *args)
@@ -702,11 +754,13 @@ async def run_until_stopped(gateway: Gateway, worker: Any, stop: asyncio.Event,
         # sessions) stop in a thread while this process drains its sessions on the loop.
         stopping = (asyncio.get_running_loop().run_in_executor(None, worker.stop)
                     if worker is not None else None)
-        await gateway.stop()
-        if stopping is not None:
-            await stopping
-        if gateway.queue is not None and hasattr(gateway.queue, "close"):
-            gateway.queue.close()
+        try:
+            await gateway.stop()
+        finally:
+            if stopping is not None:
+                await stopping
+            if gateway.queue is not None and hasattr(gateway.queue, "close"):
+                gateway.queue.close()
 
 
 class ListenerProcesses:

@@ -77,9 +77,10 @@ def test_two_processes_accept_and_sigterm_stops_both_losing_nothing(setup: Any) 
             served_by[pid] = len(socket_inodes(pid) & sessions)
         wait_until(lambda: senders.count() >= 200, timeout=120)
         gateway.stop(signal.SIGTERM)  # while the senders still send
-    # A session caught mid-message by the stop may be told to try again later (451), never
-    # refused for good, and a 250 is never taken back (below).
-    assert all(refusal.startswith("451 ") for refusal in senders.refused), senders.refused[:3]
+    # A session caught mid-message by the stop may be told to try again later (451, or 421
+    # 4.3.2 had the drain's grace run out), never refused for good, and a 250 is never taken
+    # back (below).
+    assert all(refusal[:4] in ("451 ", "421 ") for refusal in senders.refused), senders.refused[:3]
     # The kernel spread the 20 sessions over both processes.
     assert served_by[first] > 0 and served_by[second] > 0, served_by
     assert sum(served_by.values()) >= 10

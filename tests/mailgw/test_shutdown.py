@@ -1,7 +1,8 @@
 """Stopping the gateway (SIGTERM) drains it: a message on its way in finishes and gets its
 250, every session is then closed with 421 4.3.2, and a session still in the middle of a
-message when `mailgw.shutdown_grace_seconds` runs out is cut with 421 (RFC 5321 §3.8).
-Real listeners on loopback, smtplib over STARTTLS; SQLite and PostgreSQL.
+message when `mailgw.shutdown_grace_seconds` runs out is cut with 421 (RFC 5321 §3.8); a
+message already read whole gets its reply even then. Real listeners on loopback, smtplib
+over STARTTLS and implicit TLS; SQLite and PostgreSQL.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ import pytest
 from tests.mailgw.gateway_fixture import (
     RunningGateway,
     audit_events,
+    client_tls,
     gateway_settings,
     running_gateway,
     submission,
@@ -81,11 +83,25 @@ def test_an_idle_session_is_told_421_and_closed_without_waiting(make_instance) -
         assert not running.thread.is_alive()
 
 
-def test_a_message_on_its_way_in_finishes_and_gets_its_250(make_instance) -> None:  # type: ignore[no-untyped-def]
+def test_an_idle_implicit_tls_session_is_told_421(make_instance) -> None:  # type: ignore[no-untyped-def]
     instance = gateway_for(make_instance, **{"mailgw.shutdown_grace_seconds": 600})
-    with running_gateway(instance) as running, submission(running) as smtp:
+    with running_gateway(instance) as running, smtplib.SMTP_SSL(
+            "127.0.0.1", running.smtps_port, timeout=15, context=client_tls()) as smtp:
+        smtp.login("an.nv", PASSWORD)
+        running.request_stop()
+        assert smtp.getreply() == SHUTDOWN
+        running.thread.join(30)
+        assert not running.thread.is_alive()
+
+
+def test_a_message_on_its_way_in_finishes_and_gets_its_250(make_instance) -> None:  # type: ignore[no-untyped-def]
+    """Beside an idle session, which is closed at once."""
+    instance = gateway_for(make_instance, **{"mailgw.shutdown_grace_seconds": 600})
+    with running_gateway(instance) as running, submission(running) as smtp, submission(running) as idle:
+        idle.login("an.nv", PASSWORD)
         start_message(smtp)
         stop_and_wait_for_drain(running)
+        assert idle.getreply() == SHUTDOWN
         time.sleep(0.3)  # the gateway waits for this message, not for a reply to nothing
         assert running.thread.is_alive()
         smtp.send(BODY + b".\r\n")
@@ -119,10 +135,61 @@ def test_a_message_unfinished_when_the_grace_runs_out_is_cut_with_421(make_insta
     instance = gateway_for(make_instance, **{"mailgw.shutdown_grace_seconds": 1})
     with running_gateway(instance) as running, submission(running) as smtp:
         start_message(smtp)
-        stop_and_wait_for_drain(running)
-        assert smtp.getreply() == SHUTDOWN  # after the grace second, not at once
+        asked = time.monotonic()
+        running.request_stop()
+        assert smtp.getreply() == SHUTDOWN
+        assert time.monotonic() - asked >= 0.9  # the grace second was given
         with pytest.raises(smtplib.SMTPServerDisconnected):
             smtp.getreply()
         running.thread.join(30)
         assert not running.thread.is_alive()
     assert audit_events(instance, "mail.accepted") == []
+
+
+def test_a_message_read_whole_gets_its_250_even_after_the_grace(make_instance) -> None:  # type: ignore[no-untyped-def]
+    """Its thread queues it whatever the drain does: a 421 instead of the 250 would have
+    the client send it again (a duplicate). The queueing is made to outlast the grace."""
+    instance = gateway_for(make_instance, **{"mailgw.shutdown_grace_seconds": 0})
+    with running_gateway(instance) as running, submission(running) as smtp:
+        gateway = running.gateway
+        queue_message = gateway._submit_in_thread
+
+        def slow_queue_message(submission: Any) -> str:
+            time.sleep(1.5)
+            return queue_message(submission)
+
+        gateway._submit_in_thread = slow_queue_message  # type: ignore[method-assign]
+        start_message(smtp)
+        smtp.send(BODY + b".\r\n")
+        assert eventually(lambda: any(session.replying_to_data for session in list(gateway.sessions)))
+        running.request_stop()
+        code, text = smtp.getreply()
+        assert (code, text.split()[0]) == (250, b"2.0.0")
+        assert smtp.getreply() == SHUTDOWN
+        running.thread.join(30)
+        assert not running.thread.is_alive()
+    assert len(audit_events(instance, "mail.accepted")) == 1
+
+
+def test_a_session_inside_the_starttls_handshake_does_not_hold_the_stop(make_instance) -> None:  # type: ignore[no-untyped-def]
+    """STARTTLS answered, the client silent: no 421 in clear text inside the handshake,
+    the connection is dropped and the gateway stops without waiting for the grace."""
+    instance = gateway_for(make_instance, **{"mailgw.shutdown_grace_seconds": 600})
+    with running_gateway(instance) as running, socket.create_connection(
+            ("127.0.0.1", running.submission_port), timeout=15) as raw:
+        reader = raw.makefile("rb")
+        assert reader.readline().startswith(b"220 ")
+        raw.sendall(b"EHLO client.test\r\n")
+        while not reader.readline().startswith(b"250 "):
+            pass
+        raw.sendall(b"STARTTLS\r\n")
+        assert reader.readline().startswith(b"220 ")
+        assert eventually(lambda: any(session._original_transport is not None
+                                      for session in list(running.gateway.sessions)))
+        running.request_stop()
+        running.thread.join(30)
+        assert not running.thread.is_alive()
+        try:
+            assert reader.read() == b""  # closed, and nothing written into the handshake
+        except ConnectionResetError:
+            pass  # dropped: as good
