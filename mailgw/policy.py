@@ -182,12 +182,17 @@ class MailPolicyPipeline:
             certificates.recipient_certificate(address) is not None))
 
     # -- SMTP commands ---------------------------------------------------------------------
-    def check_sender(self, mail_from: str, sender: Sender) -> Verdict:
+    def check_sender(self, mail_from: str, sender: Sender, declared_size: int | None = None) -> Verdict:
         """At MAIL FROM: the envelope sender must be the official's (or a shared mailbox of
-        their groups'); an official this process saw at the rate limit is told at once."""
+        their groups'); a message whose declared size (SIZE=, RFC 1870) is over the
+        policy's limit is refused before it is sent; an official this process saw at the
+        rate limit is told at once."""
         if not self.policy.may_send_as(mail_from, sender.addresses, sender.groups):
             code, enhanced, reply = MAIL_FROM_SENDER_NOT_OWNED
             return Verdict.refuse("mail.sender_not_owned", code, enhanced, reply)
+        if declared_size is not None and declared_size > self.policy.max_message_bytes:
+            return refusal("mail.too_large", size=declared_size, limit=self.policy.max_message_bytes,
+                           declared=True)
         until = self._limited.get(sender.sub)
         if until is not None:
             if until > self._clock():

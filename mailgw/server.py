@@ -397,6 +397,15 @@ class SubmissionSMTP(SaslMechanisms, SMTP):
         return await self.gateway.authenticate(credentials, mechanism, self.peer_ip, self.session_id)
 
 
+def declared_size(mail_options: list[str]) -> int | None:
+    """MAIL FROM's SIZE=n (RFC 1870), which aiosmtpd has checked is a number; None without."""
+    for option in mail_options:
+        name, _, value = option.partition("=")
+        if name.upper() == "SIZE" and value.isdigit():
+            return int(value)
+    return None
+
+
 class GatewayHandler:
     """aiosmtpd's hooks: each returns the reply (mailgw.model.Verdict.reply where the
     policy decided)."""
@@ -407,7 +416,10 @@ class GatewayHandler:
     async def handle_EHLO(self, server: SubmissionSMTP, session: Session, envelope: Envelope,
                           hostname: str, responses: list[str]) -> list[str]:
         session.host_name = hostname
-        lines = [line[4:] for line in responses]
+        # SIZE announces the smaller of the two limits, the policy's and the listener's: a
+        # client then learns the one that applies before it sends anything.
+        lines = [f"SIZE {self.gateway.announced_size}" if line[4:].startswith("SIZE ") else line[4:]
+                 for line in responses]
         extra = ["PIPELINING", "ENHANCEDSTATUSCODES"]
         keywords = [*lines[1:-1], *extra, *lines[-1:]] if lines[-1:] == ["HELP"] else [*lines[1:], *extra]
         lines = [lines[0], *keywords]
@@ -418,7 +430,7 @@ class GatewayHandler:
         sender: Sender = session.auth_data
         if not envelope.smtp_utf8 and not address.isascii():
             return REPLY_NEEDS_SMTPUTF8
-        verdict = self.gateway.check_sender(address, sender)
+        verdict = self.gateway.check_sender(address, sender, declared_size(mail_options))
         if verdict.action is Action.REFUSE:
             await self.gateway.audit_refusal(server, sender, verdict, stage="mail_from", recipients=0)
             return verdict.reply
@@ -603,9 +615,19 @@ class Gateway:
         return outcome
 
     # -- policy ---------------------------------------------------------------------------------
-    def check_sender(self, mail_from: str, sender: Sender) -> Verdict:
+    @property
+    def announced_size(self) -> int:
+        """EHLO's SIZE: the listener's limit, or the policy's where that is smaller. A
+        declared size over the policy's is refused at MAIL FROM by the policy (audited as
+        mail.too_large); over the listener's, by aiosmtpd before any hook (not audited)."""
+        listener = self.config["mailgw.max_message_bytes"]
+        if self.pipeline is None:
+            return listener
+        return min(listener, self.pipeline.policy.max_message_bytes)
+
+    def check_sender(self, mail_from: str, sender: Sender, declared_size: int | None = None) -> Verdict:
         if self.pipeline is not None:
-            return self.pipeline.check_sender(mail_from, sender)
+            return self.pipeline.check_sender(mail_from, sender, declared_size)
         if mail_from.lower() not in sender.addresses:
             return Verdict.refuse("mail.sender_not_owned", 550, "5.7.1",
                                   "Sender address not owned by the authenticated user")

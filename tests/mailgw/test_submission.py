@@ -378,6 +378,23 @@ def test_message_over_the_size_limit_is_refused(make_instance) -> None:  # type:
     assert audit_events(instance, "mail.accepted") == []
 
 
+def test_the_policys_smaller_limit_is_announced_and_refused_before_the_message(make_instance) -> None:  # type: ignore[no-untyped-def]
+    """SIZE announces the mail policy's limit where it is below the listener's, and a
+    declared size over it is refused at MAIL FROM, audited like the policy's refusals."""
+    instance = make_instance(**gateway_settings(), mail={"max_message_bytes": 2048})
+    instance.add_user("an.nv", password=PASSWORD, email=ADDRESS)
+    with running_gateway(instance) as running, submission(running) as smtp:
+        assert smtp.esmtp_features["size"] == "2048"
+        smtp.login("an.nv", PASSWORD)
+        code, text = smtp.docmd(f"MAIL FROM:<{ADDRESS}> SIZE=2049")
+        assert (code, text.split()[0]) == (552, b"5.3.4")
+        code, _ = smtp.docmd(f"MAIL FROM:<{ADDRESS}> SIZE=2048")  # at the limit: allowed
+        assert code == 250
+    refused = audit_events(instance, "mail.refused")
+    assert [(e.reason, e.details["stage"], e.details["size"], e.details["limit"]) for e in refused] == [
+        ("mail.too_large", "mail_from", 2049, 2048)]
+
+
 def test_data_before_rcpt_is_refused(gateway) -> None:  # type: ignore[no-untyped-def]
     _instance, running = gateway
     with submission(running) as smtp:
