@@ -239,7 +239,8 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("mailgw.tls_key_file", str, "",
             "PEM private key of the certificate, if not in the same file."),
     Setting("mailgw.max_message_bytes", int, 25 * 1024 * 1024,
-            "Largest message accepted (announced as SIZE; a larger one is refused with 552 5.3.4).",
+            "Largest message a session reads (announced as SIZE unless the mail policy's "
+            "max_message_bytes is smaller; a larger one is refused with 552 5.3.4).",
             minimum=1024, maximum=200 * 1024 * 1024),
     Setting("mailgw.session_timeout", int, 300,
             "Seconds an SMTP session may stay idle before it is closed.", minimum=10, maximum=3600),

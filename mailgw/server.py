@@ -398,11 +398,13 @@ class SubmissionSMTP(SaslMechanisms, SMTP):
 
 
 def declared_size(mail_options: list[str]) -> int | None:
-    """MAIL FROM's SIZE=n (RFC 1870), which aiosmtpd has checked is a number; None without."""
-    for option in mail_options:
+    """MAIL FROM's SIZE=n (RFC 1870); None without. The last one, as given more than once:
+    the one aiosmtpd has checked against the listener's limit (its parameters are a dict)."""
+    for option in reversed(mail_options):
         name, _, value = option.partition("=")
-        if name.upper() == "SIZE" and value.isdigit():
-            return int(value)
+        if name.upper() == "SIZE":
+            # ASCII digits only: str.isdigit() also takes "²", which int() refuses.
+            return int(value) if value.isascii() and value.isdigit() else None
     return None
 
 
@@ -417,7 +419,8 @@ class GatewayHandler:
                           hostname: str, responses: list[str]) -> list[str]:
         session.host_name = hostname
         # SIZE announces the smaller of the two limits, the policy's and the listener's: a
-        # client then learns the one that applies before it sends anything.
+        # client then learns the one that applies before it sends anything. (aiosmtpd
+        # always writes a SIZE line here: mailgw.max_message_bytes is at least 1024.)
         lines = [f"SIZE {self.gateway.announced_size}" if line[4:].startswith("SIZE ") else line[4:]
                  for line in responses]
         extra = ["PIPELINING", "ENHANCEDSTATUSCODES"]

@@ -158,6 +158,18 @@ def test_size_limit(database: Database) -> None:
     assert verdict.reply.startswith("552 5.3.4 ") and verdict.reason == "mail.too_large"
 
 
+def test_declared_size_over_the_limit_is_refused_at_mail_from(database: Database) -> None:
+    checker = pipeline(database, max_message_bytes=2048)
+    over = checker.check_sender("an.nv@phutho.gov.vn", AN, declared_size=2049)
+    assert over.reply.startswith("552 5.3.4 ") and over.reason == "mail.too_large"
+    assert over.details == {"size": 2049, "limit": 2048, "declared": True}
+    for fine in (2048, 0, None):  # at the limit, and no SIZE= at all
+        assert checker.check_sender("an.nv@phutho.gov.vn", AN, declared_size=fine).action is Action.ACCEPT
+    # Someone else's address is the refusal that counts, whatever the size.
+    spoofed = checker.check_sender("chutich@phutho.gov.vn", AN, declared_size=9999)
+    assert spoofed.reason == "mail.sender_not_owned"
+
+
 # -- classification ----------------------------------------------------------------------------
 def test_encoded_classified_subject_is_encrypted_for_every_recipient(database: Database) -> None:
     mail = message(subject="[MẬT] Kế hoạch phòng thủ dân sự")

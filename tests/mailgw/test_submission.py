@@ -386,13 +386,17 @@ def test_the_policys_smaller_limit_is_announced_and_refused_before_the_message(m
     with running_gateway(instance) as running, submission(running) as smtp:
         assert smtp.esmtp_features["size"] == "2048"
         smtp.login("an.nv", PASSWORD)
-        code, text = smtp.docmd(f"MAIL FROM:<{ADDRESS}> SIZE=2049")
+        code, text = smtp.docmd(f"MAIL FROM:<{ADDRESS}> size=2049")  # keywords are case-blind
         assert (code, text.split()[0]) == (552, b"5.3.4")
-        code, _ = smtp.docmd(f"MAIL FROM:<{ADDRESS}> SIZE=2048")  # at the limit: allowed
+        # Given twice, the last counts (as for aiosmtpd's own check).
+        code, text = smtp.docmd(f"MAIL FROM:<{ADDRESS}> SIZE=10 SIZE=3000")
+        assert (code, text.split()[0]) == (552, b"5.3.4")
+        code, _ = smtp.docmd(f"MAIL FROM:<{ADDRESS}> SIZE=3000 SIZE=2048")  # at the limit: allowed
         assert code == 250
     refused = audit_events(instance, "mail.refused")
-    assert [(e.reason, e.details["stage"], e.details["size"], e.details["limit"]) for e in refused] == [
-        ("mail.too_large", "mail_from", 2049, 2048)]
+    assert [(e.reason, e.details["stage"], e.details["size"], e.details["limit"], e.details["declared"])
+            for e in refused] == [("mail.too_large", "mail_from", 2049, 2048, True),
+                                  ("mail.too_large", "mail_from", 3000, 2048, True)]
 
 
 def test_data_before_rcpt_is_refused(gateway) -> None:  # type: ignore[no-untyped-def]
