@@ -796,7 +796,7 @@ class ListenerProcesses:
     flight and commits its queue as a lone gateway does. A child whose parent dies gets
     SIGTERM (PR_SET_PDEATHSIG), so none outlives a killed gateway holding the port."""
 
-    def __init__(self, data_dir: str, count: int, *, stop_seconds: float = 60) -> None:
+    def __init__(self, data_dir: str, count: int, *, stop_seconds: float) -> None:
         self.data_dir = data_dir
         self.count = count
         self.stop_seconds = stop_seconds  # each drains its sessions first (Gateway.stop)
